@@ -1,0 +1,32 @@
+"""Hydra/OmegaConf glue: custom resolvers used by the shipped configs."""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+from dasd.models.student import asset_path
+
+
+def register_resolvers() -> None:
+    """``${asset:NAME}``: absolute path of an asset shipped inside the package (tiny student, sample data)."""
+    if not OmegaConf.has_resolver("asset"):
+        OmegaConf.register_new_resolver("asset", asset_path)
+
+
+# Config groups whose options are named by numbers (conf/stage/1.yaml, 2.yaml).
+NUMERIC_GROUPS = ("stage",)
+
+
+def quote_numeric_choices(args: list[str], groups: tuple[str, ...] = NUMERIC_GROUPS) -> list[str]:
+    """Quote numeric choices of numerically named groups: ``stage=2`` -> ``stage='2'``, ``stage=1,2`` too.
+
+    Hydra's override grammar parses ``stage=2`` as an int, and a config-group override must be a string.
+    Only ``<group>=<digits>[,<digits>...]`` is touched; anything else passes through unchanged.
+    """
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+~") in groups and all(v.isdigit() for v in value.split(",")):
+            value = ",".join(f"'{v}'" for v in value.split(","))
+        out.append(f"{key}{sep}{value}" if sep else arg)
+    return out

@@ -1,0 +1,99 @@
+"""Seeded, resumable, optimizer-step-aware batching of packs.
+
+Each micro-batch carries the number of supervised tokens in its whole optimizer step (all gradient
+accumulation micro-batches on all data-parallel ranks), so the loss can be a token mean over the whole
+step (lessons §1.3). The order depends only on (seed, epoch); the loader can resume mid-epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+
+class StepBatchSampler:
+    """Yields this rank's micro-batches as lists of ``(pack_index, step_supervised_tokens)``.
+
+    The global order of packs is a seeded permutation per epoch. Consecutive ``micro_batch_size × world``
+    packs form one micro-step (rank r takes its slice); ``accumulate`` micro-steps form one optimizer step.
+    When the last micro-step cannot give every rank a full slice, packs from the start of the epoch are
+    repeated to fill it, as ``DistributedSampler`` does; ``repeated`` counts them.
+    """
+
+    def __init__(self, pack_tokens: Sequence[int], micro_batch_size: int, accumulate: int,
+                 world_size: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True) -> None:
+        if micro_batch_size < 1 or accumulate < 1:
+            raise ValueError("micro_batch_size and accumulate must be >= 1")
+        self.pack_tokens = list(pack_tokens)
+        self.micro, self.accumulate = micro_batch_size, accumulate
+        self.world, self.rank, self.seed, self.shuffle = world_size, rank, seed, shuffle
+        self.epoch = 0
+        self._skip: tuple[int, int] | None = None  # (epoch, micro-batches already consumed)
+        n, width = len(self.pack_tokens), micro_batch_size * world_size
+        self.repeated = (-n) % width if world_size > 1 else 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skip(self, epoch: int, consumed: int) -> None:
+        """On the next iteration over ``epoch``, skip its first ``consumed`` micro-batches (resume)."""
+        self._skip = (epoch, consumed)
+
+    def _global_order(self) -> list[int]:
+        n = len(self.pack_tokens)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=g).tolist()
+        else:
+            order = list(range(n))
+        return order + order[: self.repeated]
+
+    def _micro_steps(self) -> list[list[int]]:
+        order, width = self._global_order(), self.micro * self.world
+        return [order[i:i + width] for i in range(0, len(order), width)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        steps = self._micro_steps()
+        start = 0
+        if self._skip is not None and self._skip[0] == self.epoch:
+            start = self._skip[1]
+        self._skip = None
+        for g in range(0, len(steps), self.accumulate):
+            group = steps[g:g + self.accumulate]
+            tokens = sum(self.pack_tokens[p] for micro_step in group for p in micro_step)
+            for k, micro_step in enumerate(group, start=g):
+                if k < start:
+                    continue
+                per_rank = len(micro_step) // self.world
+                mine = micro_step[self.rank * per_rank:(self.rank + 1) * per_rank] if self.world > 1 else micro_step
+                yield [(p, tokens) for p in mine]
+
+    def __len__(self) -> int:
+        return -(-(len(self.pack_tokens) + self.repeated) // (self.micro * self.world))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-len(self) // self.accumulate)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position Lightning saves in (and restores from) its checkpoints.
+
+    Checkpoints are taken at optimizer-step boundaries, so the position is derived from the trainer's
+    progress (``progress() -> (global_step, epoch)``), not from the iterator, which Lightning prefetches.
+    """
+
+    def __init__(self, *args, progress: Callable[[], tuple[int, int]], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._progress = progress
+
+    def state_dict(self) -> dict:
+        sampler: StepBatchSampler = self.batch_sampler
+        global_step, epoch = self._progress()
+        steps_done = global_step - epoch * sampler.steps_per_epoch
+        return {"epoch": epoch, "consumed": min(len(sampler), steps_done * sampler.accumulate)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.skip(state["epoch"], state["consumed"])

@@ -1,0 +1,100 @@
+"""Chat templating and the loss mask (spec §4.2).
+
+A sample is rendered with the student's own chat template up to the assistant header (system prompt +
+question), then the teacher response is appended **verbatim** followed by the end-of-turn token. Only
+the response and the end-of-turn token are supervised. The response never passes through the template,
+so no template can strip, split or re-wrap ``<think>`` (lessons §4.5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from dasd.data.records import Record
+
+IGNORE_INDEX = -100
+_PROBE = "\u2063DASD-PROBE\u2063"
+
+
+@dataclass(frozen=True)
+class TokenizedSample:
+    """Token ids of one templated sample and its loss mask (True = supervised)."""
+
+    input_ids: list[int]
+    supervised: list[bool]
+    uuid: str
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def num_supervised(self) -> int:
+        return sum(self.supervised)
+
+
+class ChatTemplater:
+    """Render records with a tokenizer's chat template; response appended verbatim.
+
+    Args:
+        tokenizer: the student's tokenizer (its ``chat_template`` renders the prompt).
+        system_prompt: inserted as the system message of every sample ("" or None: no system message).
+        end_of_turn: the token closing the assistant turn; "auto" reads it off the chat template.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, system_prompt: str | None = "You are a helpful assistant.",
+                 end_of_turn: str = "auto") -> None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no chat_template")
+        self.tokenizer = tokenizer
+        self.system_prompt = system_prompt
+        self.end_of_turn = self._detect_end_of_turn() if end_of_turn == "auto" else end_of_turn
+        ids = tokenizer.encode(self.end_of_turn, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"end-of-turn {self.end_of_turn!r} is {len(ids)} tokens; expected one token")
+        self.end_of_turn_id = ids[0]
+
+    def _messages(self, question: str) -> list[dict]:
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return system + [{"role": "user", "content": question}]
+
+    def _detect_end_of_turn(self) -> str:
+        """The first special token the template writes after an assistant message's content."""
+        msgs = self._messages("q") + [{"role": "assistant", "content": _PROBE}]
+        text = self.tokenizer.apply_chat_template(msgs, tokenize=False)
+        after = text[text.rindex(_PROBE) + len(_PROBE):]
+        specials = sorted(self.tokenizer.all_special_tokens, key=len, reverse=True)
+        for i in range(len(after)):
+            for tok in specials:
+                if after.startswith(tok, i):
+                    return tok
+        if self.tokenizer.eos_token is None:
+            raise ValueError("cannot find the end-of-turn token in the chat template; set data.end_of_turn")
+        return self.tokenizer.eos_token
+
+    def prompt_text(self, question: str, response: str = "") -> str:
+        """The templated prompt up to the assistant turn.
+
+        Some templates (e.g. Qwen3 thinking models) open the think block in the generation prompt. If the
+        response starts with what the prompt ends with, that overlap moves to the response, so the response
+        (and its ``<think>``) is trained verbatim exactly once.
+        """
+        msgs = self._messages(question)
+        text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        base = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
+        generation = text[len(base):] if text.startswith(base) else ""
+        for start in range(len(generation)):  # longest line-starting suffix the response begins with
+            tail = generation[start:]
+            if generation[start - 1:start] == "\n" and response.startswith(tail):
+                return text[: len(text) - len(tail)]
+        return text
+
+    def render(self, record: Record) -> TokenizedSample:
+        """Tokenize one record: prompt (not supervised) + response + end-of-turn (supervised)."""
+        prompt = self.prompt_text(record.input, record.output)
+        prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        response_ids = self.tokenizer.encode(record.output, add_special_tokens=False) + [self.end_of_turn_id]
+        return TokenizedSample(input_ids=prompt_ids + response_ids,
+                               supervised=[False] * len(prompt_ids) + [True] * len(response_ids),
+                               uuid=record.uuid)

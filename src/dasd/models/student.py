@@ -1,0 +1,81 @@
+"""Load a student (hub name or local directory) with ``AutoModelForCausalLM``/``AutoTokenizer``.
+
+The built-in tiny student under ``dasd/assets/tiny_qwen3`` is a regular HF model directory, so it takes
+exactly the path a hub name takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from dasd.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def asset_path(name: str) -> str:
+    """Absolute path of a shipped asset (``${asset:tiny_qwen3}`` in configs)."""
+    path = ASSETS / name
+    if not path.exists():
+        raise FileNotFoundError(f"dasd asset {name!r} not found at {path}")
+    return str(path)
+
+
+@dataclass
+class StudentSpec:
+    """How to load the student. ``name_or_path``: hub id or local HF directory."""
+
+    name_or_path: str
+    torch_dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False
+    liger: bool = False
+    trust_remote_code: bool = False
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def apply_liger(model_type: str) -> None:
+    """Patch the HF modeling code with Liger kernels (GPU only): RMSNorm, SwiGLU, RoPE, fused linear CE.
+
+    The fused linear cross-entropy then runs inside the model's own forward, which is what the DeepSpeed
+    engine wraps, so ZeRO-3 gathers ``lm_head`` for it (lessons §1.4).
+    """
+    if not torch.cuda.is_available():
+        raise ValueError("student.liger=true needs a CUDA GPU (Liger's Triton kernels); set student.liger=false")
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel
+    except ImportError as e:
+        raise ImportError("student.liger=true needs liger-kernel: pip install -e '.[gpu]'") from e
+    _apply_liger_kernel(model_type)
+
+
+def load_student(spec: StudentSpec) -> PreTrainedModel:
+    """Load the student for training (``use_cache`` off: packed samples must not attend to each other)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(spec.name_or_path, trust_remote_code=spec.trust_remote_code)
+    if spec.liger:
+        apply_liger(config.model_type)
+    dtype = spec.torch_dtype if spec.torch_dtype == "auto" else getattr(torch, spec.torch_dtype)
+    model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, dtype=dtype,
+                                                 attn_implementation=spec.attn_implementation,
+                                                 trust_remote_code=spec.trust_remote_code)
+    model.config.use_cache = False
+    model.train()
+    if spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    log.info("student %s: %.2fM parameters, %s, attention=%s", spec.name_or_path,
+             sum(p.numel() for p in model.parameters()) / 1e6, dtype, spec.attn_implementation)
+    return model

@@ -1,0 +1,77 @@
+"""The LightningModule: a HF causal LM trained with token-level cross-entropy on packed teacher responses."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+
+from dasd.models.student import StudentSpec, load_student
+from dasd.training.optim import OptimConfig, build_optimizer
+
+
+class SFTModule(L.LightningModule):
+    """Full-parameter SFT of a student on packed samples.
+
+    The loss of an optimizer step is the mean cross-entropy over *all* supervised tokens of that step
+    (every accumulation micro-batch on every rank). Each micro-batch carries ``step_tokens`` (that count),
+    so ``training_step`` returns ``sum_CE · accumulate · world / step_tokens``: after Lightning's 1/accumulate
+    and DDP's rank averaging, the gradient is exactly d(mean over the step's tokens).
+    """
+
+    def __init__(self, student: StudentSpec, optim: OptimConfig) -> None:
+        super().__init__()
+        self.student_spec, self.optim_cfg = student, optim
+        self.model = None
+        self._step_sums = {"loss": 0.0, "tokens": 0, "pad": 0, "supervised": 0}
+        self._step_start = None
+
+    def configure_model(self) -> None:
+        # Called by Lightning inside the strategy's sharded context (DeepSpeed ZeRO-3 zero.Init).
+        if self.model is None:
+            self.model = load_student(self.student_spec)
+
+    def forward_loss_sum(self, batch: dict) -> torch.Tensor:
+        """Sum of token cross-entropies of a packed micro-batch (labels are pre-shifted per sample)."""
+        out = self.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                         labels=batch["labels"], shift_labels=batch["labels"], num_items_in_batch=torch.ones((), device=self.device),
+                         use_cache=False)
+        return out.loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss_sum = self.forward_loss_sum(batch)
+        step_tokens = batch["step_tokens"].clamp(min=1).to(loss_sum.dtype)
+        s = self._step_sums
+        s["loss"] += float(loss_sum.detach())
+        s["tokens"] += int(batch["num_tokens"])
+        s["pad"] += int(batch["num_pad"])
+        s["supervised"] += int((batch["labels"] != -100).sum())
+        return loss_sum * self.trainer.accumulate_grad_batches * self.trainer.world_size / step_tokens
+
+    def on_train_start(self) -> None:
+        self._step_start = time.perf_counter()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Log the step: runs after the backward of its last micro-batch, before the update."""
+        now, s = time.perf_counter(), self._step_sums
+        totals = torch.tensor([s["loss"], s["tokens"], s["pad"], s["supervised"]], dtype=torch.float64,
+                              device=self.device)
+        loss, tokens, pad, supervised = self.trainer.strategy.reduce(totals, reduce_op="sum").tolist()
+        metrics = {"train/loss": loss / max(1.0, supervised),
+                   "train/tokens_per_s": tokens / max(now - self._step_start, 1e-9),
+                   "train/pad_fraction": pad / max(1.0, tokens + pad), "train/supervised_tokens": supervised,
+                   "train/lr": optimizer.param_groups[0]["lr"], "train/epoch": float(self.current_epoch)}
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads:  # under DeepSpeed the engine owns (and clips) the partitioned gradients
+            metrics["train/grad_norm"] = float(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
+        if torch.cuda.is_available():
+            metrics["train/peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        self.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
+        self._step_sums = {"loss": 0.0, "tokens": 0, "pad": 0, "supervised": 0}
+        self._step_start = now
+
+    def configure_optimizers(self):
+        total = int(self.trainer.estimated_stepping_batches)
+        optimizer, scheduler = build_optimizer(self.model, self.optim_cfg, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,123 @@
+"""Stage planning: where a stage starts from (student, stage-1 result, or a path) and whether it resumes.
+
+* ``stage.init_from``: ``student`` (the configured student), ``auto`` (the final HF checkpoint of this
+  experiment's stage-1 run), or a path to an HF model directory. Only weights carry over: the optimizer
+  and LR schedule always start fresh (spec §6.1).
+* ``resume``: ``auto`` continues the run in this run dir from ``checkpoints/last.ckpt`` (and does nothing
+  if the stage already completed); ``never`` starts over; a path resumes from that Lightning checkpoint.
+  A resume whose training config differs from the checkpoint's is refused (lessons §1.9).
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from dasd.utils.logging import get_logger
+from dasd.utils.run import Manifest, checkpoint_identity, config_hash
+
+log = get_logger(__name__)
+
+# Config keys that do not change what is trained (a resume may change them freely).
+NON_TRAINING_KEYS = ("resume", "logger", "paths", "tags")
+
+
+@dataclass
+class StagePlan:
+    run_dir: Path
+    init_from: str
+    config: dict
+    config_hash: str
+    parent: dict = field(default_factory=dict)
+    resume_ckpt: str | None = None
+    wandb_run_id: str | None = None
+    already_completed: bool = False
+    display_name: str = ""
+
+
+def training_config_hash(config: dict) -> str:
+    core = {k: v for k, v in config.items() if k not in NON_TRAINING_KEYS}
+    core["train"] = {k: v for k, v in core.get("train", {}).items()
+                     if k not in ("plot_every_n_steps",)}
+    return config_hash(core)
+
+
+def resolve_init(cfg: DictConfig) -> tuple[str, dict]:
+    """The model a stage starts from, and a record of its parent for the manifest."""
+    init = str(cfg.stage.init_from)
+    if init == "student":
+        return str(cfg.student.name_or_path), {"kind": "student", "init_from": str(cfg.student.name_or_path)}
+    if init == "auto":
+        parent_dir = Path(cfg.paths.output_dir) / cfg.experiment_name / str(cfg.stage.parent_run)
+        final = parent_dir / "checkpoints" / "hf" / "final"
+        manifest = Manifest(parent_dir / "manifest.json")
+        if not (final / "config.json").is_file() or manifest.status != "completed":
+            raise ValueError(
+                f"stage {cfg.stage.id} starts from the final checkpoint of run '{cfg.stage.parent_run}', expected "
+                f"at {final} (with a completed {parent_dir / 'manifest.json'}), but it is missing. Run that stage "
+                f"first (e.g. `python train.py stage=1 experiment_name={cfg.experiment_name}`), or give a path: "
+                f"stage.init_from=/path/to/hf_checkpoint")
+        return str(final), {"kind": "stage", "init_from": str(final), "run_dir": str(parent_dir),
+                            "config_hash": manifest.data.get("config_hash"), "git": manifest.data.get("git")}
+    path = Path(init).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"stage.init_from={init}: not an HF model directory (no config.json)")
+        return str(path.resolve()), {"kind": "path", "init_from": str(path.resolve())}
+    if init.startswith(("/", ".", "~")):
+        raise ValueError(f"stage.init_from={init}: no such directory")
+    return init, {"kind": "hub", "init_from": init}  # a hub id, e.g. Qwen/Qwen3-4B-Instruct-2507
+
+
+def _fresh_start(run_dir: Path) -> None:
+    for name in ("checkpoints", "metrics.jsonl", "loss_curve.png", "manifest.json", "wandb", "csv"):
+        p = run_dir / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def plan_stage(cfg: DictConfig) -> StagePlan:
+    """Decide init, resume and identity of this run; validates the config before any heavy work."""
+    if cfg.stage.id not in (1, 2) and cfg.stage.init_from == "student":
+        log.warning("stage %s starts from the raw student", cfg.stage.id)
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    plan = StagePlan(run_dir=run_dir, init_from="", config=config, config_hash=training_config_hash(config))
+    try:
+        plan.display_name = str(run_dir.relative_to(Path(cfg.paths.output_dir) / cfg.experiment_name))
+    except ValueError:
+        plan.display_name = run_dir.name
+    manifest, last = Manifest(run_dir / "manifest.json"), run_dir / "checkpoints" / "last.ckpt"
+    resume = str(cfg.resume)
+    if resume == "never":
+        _fresh_start(run_dir)
+    elif resume == "auto":
+        if manifest.status == "completed" and manifest.data.get("config_hash") == plan.config_hash:
+            plan.already_completed = True
+            return plan
+        plan.resume_ckpt = str(last) if last.exists() else None
+    else:
+        if not Path(resume).exists():
+            raise ValueError(f"resume={resume}: no such checkpoint")
+        plan.resume_ckpt = resume
+    if plan.resume_ckpt:
+        ident = checkpoint_identity(plan.resume_ckpt)
+        if ident.get("config_hash") not in (None, plan.config_hash):
+            raise ValueError(
+                f"refusing to resume from {plan.resume_ckpt}: the training config changed since it was saved "
+                f"(hash {ident['config_hash']} -> {plan.config_hash}). A changed lr/epochs/data is a new run: "
+                f"use another run_name/experiment_name, or resume=never to start this one over.")
+        plan.wandb_run_id = ident.get("wandb_run_id")
+        log.info("resuming from %s (W&B run %s)", plan.resume_ckpt, plan.wandb_run_id)
+    if plan.wandb_run_id is None:
+        plan.wandb_run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    plan.init_from, plan.parent = resolve_init(cfg)
+    return plan

@@ -1,0 +1,98 @@
+"""``train(cfg)``: the one place that reads the whole Hydra config and builds the objects of a run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import TQDMProgressBar
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig
+
+from dasd.data.datamodule import SFTDataModule
+from dasd.models.student import StudentSpec, load_tokenizer
+from dasd.training.callbacks import HFCheckpoint, MetricsFile, ResumeCheckpoint, RunIdentity
+from dasd.training.loggers import build_loggers
+from dasd.training.module import SFTModule
+from dasd.training.optim import OptimConfig
+from dasd.training.stages import StagePlan, plan_stage
+from dasd.training.strategy import build_strategy
+from dasd.utils.logging import get_logger
+from dasd.utils.run import Manifest, git_revision, versions
+
+log = get_logger(__name__)
+
+
+def _datamodule(cfg: DictConfig, tokenizer) -> SFTDataModule:
+    d = cfg.data
+    return SFTDataModule(path=d.path, tokenizer=tokenizer, selector=instantiate(cfg.sampler),
+                         cutoff_len=d.cutoff_len, micro_batch_size=cfg.train.micro_batch_size,
+                         accumulate=cfg.train.accumulate, system_prompt=d.system_prompt,
+                         end_of_turn=d.end_of_turn, on_error=d.on_error, seed=cfg.seed,
+                         max_samples=d.max_samples, num_workers=d.num_workers)
+
+
+def _callbacks(cfg: DictConfig, plan: StagePlan, tokenizer) -> list[L.Callback]:
+    ckpt_dir = plan.run_dir / "checkpoints"
+    callbacks: list[L.Callback] = [ResumeCheckpoint(ckpt_dir, cfg.train.save_every_n_steps)]
+    callbacks += [HFCheckpoint(ckpt_dir / "hf", tokenizer, keep=cfg.train.keep_hf_checkpoints),
+                  MetricsFile(str(plan.run_dir), plot_every_n_steps=cfg.train.plot_every_n_steps),
+                  RunIdentity(plan.wandb_run_id, plan.config_hash)]
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=cfg.train.progress_refresh_rate))
+    return callbacks
+
+
+def _trainer(cfg: DictConfig, plan: StagePlan, tokenizer, hidden_size: int) -> L.Trainer:
+    s = OmegaConf.to_container(cfg.strategy, resolve=True)
+    strategy = build_strategy(s.pop("name"), hidden_size=hidden_size, offload=s.pop("offload", False),
+                              zero_overrides=s.pop("zero_overrides", None), **s)
+    loggers = build_loggers(cfg.logger.name, plan.run_dir, run_id=plan.wandb_run_id, name=plan.display_name,
+                            group=cfg.experiment_name, tags=list(cfg.tags), config=plan.config,
+                            project=cfg.logger.get("project", "dasd"), entity=cfg.logger.get("entity"),
+                            mode=cfg.logger.get("mode", "auto"))
+    return L.Trainer(**OmegaConf.to_container(cfg.trainer), strategy=strategy, logger=loggers or False,
+                     callbacks=_callbacks(cfg, plan, tokenizer), max_epochs=cfg.train.epochs,
+                     accumulate_grad_batches=cfg.train.accumulate, gradient_clip_val=cfg.optim.max_grad_norm,
+                     gradient_clip_algorithm="norm", use_distributed_sampler=False,
+                     default_root_dir=str(plan.run_dir), log_every_n_steps=1, num_sanity_val_steps=0)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Run one training stage. Returns the final metrics (also written to the run's manifest.json)."""
+    plan = plan_stage(cfg)
+    manifest = Manifest(plan.run_dir / "manifest.json")
+    if plan.already_completed:
+        log.info("stage already completed in %s (resume=auto); nothing to do. Use resume=never to retrain.",
+                 plan.run_dir)
+        return manifest.data.get("final_metrics", {})
+    L.seed_everything(cfg.seed, workers=True)
+    tokenizer = load_tokenizer(plan.init_from)
+    hidden = AutoConfig.from_pretrained(plan.init_from).hidden_size
+    dm = _datamodule(cfg, tokenizer)
+    dm.setup("fit")
+    module = SFTModule(StudentSpec(name_or_path=plan.init_from, **OmegaConf.to_container(cfg.student.load)),
+                       OptimConfig(**OmegaConf.to_container(cfg.optim)))
+    trainer = _trainer(cfg, plan, tokenizer, hidden)
+    manifest.update(status="running", stage=cfg.stage.id, run_dir=str(plan.run_dir), config=plan.config,
+                    config_hash=plan.config_hash, parent=plan.parent, data=dm.report(), versions=versions(),
+                    git=git_revision(Path(__file__).parent), wandb_run_id=plan.wandb_run_id,
+                    resumed_from=plan.resume_ckpt, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=plan.resume_ckpt)
+    finally:
+        for lg in trainer.loggers:
+            lg.finalize("success")
+            if hasattr(lg, "experiment") and hasattr(lg.experiment, "finish"):
+                lg.experiment.finish()
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics["global_step"] = trainer.global_step
+    if trainer.is_global_zero:
+        manifest.update(status="completed", final_metrics=metrics,
+                        outputs={"hf_final": str(plan.run_dir / "checkpoints" / "hf" / "final"),
+                                 "lightning_last": str(plan.run_dir / "checkpoints" / "last.ckpt"),
+                                 "metrics": str(plan.run_dir / "metrics.jsonl"),
+                                 "loss_curve": str(plan.run_dir / "loss_curve.png")})
+    return metrics

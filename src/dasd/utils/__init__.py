@@ -1,0 +1,1 @@
+"""Small shared helpers: rank-zero logging, run records (manifest, versions)."""
