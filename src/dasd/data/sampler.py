@@ -44,11 +44,11 @@ class StepBatchSampler:
     def _global_order(self) -> list[int]:
         n = len(self.pack_tokens)
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)  # (seed, epoch) pairs never collide
             order = torch.randperm(n, generator=g).tolist()
         else:
             order = list(range(n))
-        return order + order[: self.repeated]
+        return order + (order * -(-self.repeated // n))[: self.repeated] if self.repeated else order
 
     def _micro_steps(self) -> list[list[int]]:
         order, width = self._global_order(), self.micro * self.world

@@ -55,7 +55,7 @@ def apply_liger(model_type: str) -> None:
     if not torch.cuda.is_available():
         raise ValueError("student.liger=true needs a CUDA GPU (Liger's Triton kernels); set student.liger=false")
     try:
-        from liger_kernel.transformers import _apply_liger_kernel
+        from liger_kernel.transformers.monkey_patch import _apply_liger_kernel
     except ImportError as e:
         raise ImportError("student.liger=true needs liger-kernel: pip install -e '.[gpu]'") from e
     _apply_liger_kernel(model_type)

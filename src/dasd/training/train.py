@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig
 
@@ -45,10 +46,15 @@ def _callbacks(cfg: DictConfig, plan: StagePlan, tokenizer) -> list[L.Callback]:
     return callbacks
 
 
-def _trainer(cfg: DictConfig, plan: StagePlan, tokenizer, hidden_size: int) -> L.Trainer:
+def _strategy(cfg: DictConfig, init_from: str):
+    """Built first: a DeepSpeed strategy on a machine without CUDA fails before any heavy work."""
     s = OmegaConf.to_container(cfg.strategy, resolve=True)
-    strategy = build_strategy(s.pop("name"), hidden_size=hidden_size, offload=s.pop("offload", False),
-                              zero_overrides=s.pop("zero_overrides", None), **s)
+    hidden = AutoConfig.from_pretrained(init_from).hidden_size if s["name"].startswith("deepspeed") else None
+    return build_strategy(s.pop("name"), hidden_size=hidden, offload=s.pop("offload", False),
+                          zero_overrides=s.pop("zero_overrides", None), **s)
+
+
+def _trainer(cfg: DictConfig, plan: StagePlan, tokenizer, strategy) -> L.Trainer:
     loggers = build_loggers(cfg.logger.name, plan.run_dir, run_id=plan.wandb_run_id, name=plan.display_name,
                             group=cfg.experiment_name, tags=list(cfg.tags), config=plan.config,
                             project=cfg.logger.get("project", "dasd"), entity=cfg.logger.get("entity"),
@@ -68,25 +74,29 @@ def train(cfg: DictConfig) -> dict:
         log.info("stage already completed in %s (resume=auto); nothing to do. Use resume=never to retrain.",
                  plan.run_dir)
         return manifest.data.get("final_metrics", {})
+    strategy = _strategy(cfg, plan.init_from)
     L.seed_everything(cfg.seed, workers=True)
     tokenizer = load_tokenizer(plan.init_from)
-    hidden = AutoConfig.from_pretrained(plan.init_from).hidden_size
     dm = _datamodule(cfg, tokenizer)
     dm.setup("fit")
     module = SFTModule(StudentSpec(name_or_path=plan.init_from, **OmegaConf.to_container(cfg.student.load)),
                        OptimConfig(**OmegaConf.to_container(cfg.optim)))
-    trainer = _trainer(cfg, plan, tokenizer, hidden)
+    trainer = _trainer(cfg, plan, tokenizer, strategy)
     manifest.update(status="running", stage=cfg.stage.id, run_dir=str(plan.run_dir), config=plan.config,
                     config_hash=plan.config_hash, parent=plan.parent, data=dm.report(), versions=versions(),
                     git=git_revision(Path(__file__).parent), wandb_run_id=plan.wandb_run_id,
                     resumed_from=plan.resume_ckpt, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    status = "failed"
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=plan.resume_ckpt)
-    finally:
+        status = "success"
+    finally:  # always close the loggers (an unfinished W&B run would block the next one)
+        if status != "success" and trainer.is_global_zero:
+            manifest.update(status="interrupted")  # resume=auto continues from checkpoints/last.ckpt
         for lg in trainer.loggers:
-            lg.finalize("success")
-            if hasattr(lg, "experiment") and hasattr(lg.experiment, "finish"):
-                lg.experiment.finish()
+            lg.finalize(status)
+            if isinstance(lg, WandbLogger):
+                lg.experiment.finish(exit_code=0 if status == "success" else 1)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     metrics["global_step"] = trainer.global_step
     if trainer.is_global_zero:
