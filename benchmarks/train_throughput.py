@@ -32,12 +32,13 @@ from dasd.data.selection import RandomSelector
 from dasd.models.student import StudentSpec, asset_path, load_student, load_tokenizer
 from dasd.training.module import SFTModule
 from dasd.training.optim import OptimConfig, build_optimizer
-from dasd.utils.run import versions
+from dasd.utils.run import git_revision, versions
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 OPTIM = OptimConfig(lr=1.0e-3, min_lr=1.0e-4)  # conf/optim/tiny.yaml
 MAX_GRAD_NORM = 1.0
 LOSS_RTOL = 1.0e-3  # final losses of the two arms must agree to this relative tolerance
+NOISY_SPREAD = 1.25  # fastest / slowest run of one arm above this: warn that the machine was busy
 
 
 @dataclass
@@ -92,14 +93,20 @@ def build_datamodule(args: argparse.Namespace) -> SFTDataModule:
 def materialize_batches(dm: SFTDataModule, n_micro: int) -> tuple[list[dict], int]:
     """The first ``n_micro`` micro-batches of the training loader, over as many epochs as that takes.
 
-    No trainer is attached, so the loader is world 1, rank 0. Returns the batches and the epochs used.
+    No trainer is attached, so the loader is world 1, rank 0. Each epoch contributes only whole optimizer
+    steps (a short last accumulation group would carry a ``step_tokens`` for fewer micro-batches than the
+    arms group together). Returns the batches and the epochs used.
     """
-    loader = dm.train_dataloader()
+    loader, accumulate = dm.train_dataloader(), dm.accumulate
+    per_epoch = len(loader) // accumulate * accumulate
+    if per_epoch == 0:
+        raise ValueError(f"{len(loader)} micro-batches per epoch: fewer than --accumulate={accumulate}")
     batches: list[dict] = []
     epoch = 0
     while len(batches) < n_micro:
         loader.batch_sampler.set_epoch(epoch)
-        batches.extend(b for _, b in zip(range(n_micro - len(batches)), loader, strict=False))
+        take = min(per_epoch, n_micro - len(batches))
+        batches.extend(b for _, b in zip(range(take), loader, strict=False))
         epoch += 1
     return batches, epoch
 
@@ -236,6 +243,7 @@ def summarize(runs: dict[str, list[RunResult]]) -> dict:
     results = {name: {"tokens_per_s_median": statistics.median(r.tokens_per_s for r in rs),
                       "tokens_per_s_best": max(r.tokens_per_s for r in rs),
                       "seconds_median": statistics.median(r.seconds for r in rs),
+                      "spread": max(r.tokens_per_s for r in rs) / min(r.tokens_per_s for r in rs),
                       "runs": [asdict(r) for r in rs]} for name, rs in runs.items()}
     ratio = results["lightning"]["tokens_per_s_median"] / results["plain"]["tokens_per_s_median"]
     best_ratio = results["lightning"]["tokens_per_s_best"] / results["plain"]["tokens_per_s_best"]
@@ -272,12 +280,17 @@ def main(argv: list[str] | None = None) -> dict:
           f"{data['timed_tokens']} timed tokens per run; {torch.get_num_threads()} threads, {args.device}")
     summary = summarize(run_repeats(batches, args))
     report = {"benchmark": "train_throughput", "config": vars(args), "data": data, **summary,
-              "versions": versions(), "torch_threads": torch.get_num_threads(),
+              "versions": versions(), "git": git_revision(Path(__file__).parent),
+              "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
               "loadavg_1_5_15": {"before": load_before, "after": os.getloadavg()},
               "wall_seconds": time.perf_counter() - wall, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
+    spreads = {name: r["spread"] for name, r in summary["results"].items()}
+    if max(spreads.values()) > NOISY_SPREAD:
+        print(f"warning: runs of one arm differ by up to {max(spreads.values()):.2f}x (machine busy?); "
+              "the ratio is noisy")
     fl, res = summary["final_loss"], summary["results"]
     print(f"train_throughput [{args.device}]: lightning {res['lightning']['tokens_per_s_median']:.0f} tok/s, "
           f"plain {res['plain']['tokens_per_s_median']:.0f} tok/s, ratio {summary['ratio_lightning_over_plain']:.3f}"

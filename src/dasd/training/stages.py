@@ -16,6 +16,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from dasd.utils.logging import get_logger
@@ -98,7 +99,8 @@ def plan_stage(cfg: DictConfig) -> StagePlan:
     manifest, last = Manifest(run_dir / "manifest.json"), run_dir / "checkpoints" / "last.ckpt"
     resume = str(cfg.resume)
     if resume == "never":
-        _fresh_start(run_dir)
+        if rank_zero_only.rank == 0:  # DDP re-runs this script for ranks > 0 after rank 0 has started
+            _fresh_start(run_dir)
     elif resume == "auto":
         if manifest.status == "completed" and manifest.data.get("config_hash") == plan.config_hash:
             plan.already_completed = True

@@ -82,10 +82,13 @@ def train(cfg: DictConfig) -> dict:
     module = SFTModule(StudentSpec(name_or_path=plan.init_from, **OmegaConf.to_container(cfg.student.load)),
                        OptimConfig(**OmegaConf.to_container(cfg.optim)))
     trainer = _trainer(cfg, plan, tokenizer, strategy)
-    manifest.update(status="running", stage=cfg.stage.id, run_dir=str(plan.run_dir), config=plan.config,
-                    config_hash=plan.config_hash, parent=plan.parent, data=dm.report(), versions=versions(),
-                    git=git_revision(Path(__file__).parent), wandb_run_id=plan.wandb_run_id,
-                    resumed_from=plan.resume_ckpt, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    for lg in trainer.loggers:  # counts of every data stage (read, skipped, selected, packed, dropped, efficiency)
+        lg.log_hyperparams({"data_report": dm.report()})
+    if trainer.is_global_zero:
+        manifest.update(status="running", stage=cfg.stage.id, run_dir=str(plan.run_dir), config=plan.config,
+                        config_hash=plan.config_hash, parent=plan.parent, data=dm.report(), versions=versions(),
+                        git=git_revision(Path(__file__).parent), wandb_run_id=plan.wandb_run_id,
+                        resumed_from=plan.resume_ckpt, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     status = "failed"
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=plan.resume_ckpt)
