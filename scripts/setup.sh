@@ -18,7 +18,7 @@ done
 PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 "$PY" -c 'import sys; assert sys.version_info[:2] in ((3, 11), (3, 12)), "dasd needs Python 3.11 or 3.12"'
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints.txt)
+pip=("$VENV/bin/python" -m pip install --quiet --quiet --disable-pip-version-check -c constraints.txt)
 "${pip[@]}" "torch==2.13.0"
 "${pip[@]}" -e ".${extras:+[$extras]}"
 "$VENV/bin/python" -c 'import torch, dasd; print(f"dasd {dasd.__version__} ready (torch {torch.__version__})")'

@@ -130,3 +130,16 @@ def test_paper_optimizer_and_schedule_values(tiny_path):
     for step, lr in expected.items():
         assert lrs[step] == pytest.approx(lr, rel=1e-6, abs=1e-12), step
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))  # monotone decay after warmup
+
+
+def test_training_hash_ignores_only_non_training_keys(tmp_path):
+    """A resume may change logging, saving and progress-bar settings, but not lr, epochs or data."""
+    from dasd.training.stages import training_config_hash
+
+    def h(*overrides: str) -> str:
+        return training_config_hash(OmegaConf.to_container(compose_cfg(list(overrides), tmp_path), resolve=True))
+
+    base = h()
+    assert h("logger=csv", "train.save_every_n_steps=7", "trainer.enable_progress_bar=false", "resume=never") == base
+    for changed in ("optim.lr=0.1", "train.epochs=9", "data.cutoff_len=512", "seed=1", "stage=2"):
+        assert h(changed) != base, changed

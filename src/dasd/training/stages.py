@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import shutil
 import string
@@ -25,7 +26,8 @@ from dasd.utils.run import Manifest, checkpoint_identity, config_hash
 log = get_logger(__name__)
 
 # Config keys that do not change what is trained (a resume may change them freely).
-NON_TRAINING_KEYS = ("resume", "logger", "paths", "tags")
+NON_TRAINING_KEYS = ("resume", "logger", "paths", "tags", "train.save_every_n_steps", "train.plot_every_n_steps",
+                     "train.progress_refresh_rate", "train.keep_hf_checkpoints", "trainer.enable_progress_bar")
 
 
 @dataclass
@@ -42,9 +44,13 @@ class StagePlan:
 
 
 def training_config_hash(config: dict) -> str:
-    core = {k: v for k, v in config.items() if k not in NON_TRAINING_KEYS}
-    core["train"] = {k: v for k, v in core.get("train", {}).items()
-                     if k not in ("plot_every_n_steps",)}
+    core = json.loads(json.dumps(config))
+    for key in NON_TRAINING_KEYS:
+        *parents, leaf = key.split(".")
+        node = core
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
     return config_hash(core)
 
 
