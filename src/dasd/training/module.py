@@ -67,6 +67,8 @@ class SFTModule(L.LightningModule):
             metrics["train/grad_norm"] = float(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
         if torch.cuda.is_available():
             metrics["train/peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        loss = metrics.pop("train/loss")
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, rank_zero_only=True)
         self.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
         self._step_sums = {"loss": 0.0, "tokens": 0, "pad": 0, "supervised": 0}
         self._step_start = now
