@@ -6,11 +6,28 @@ from omegaconf import OmegaConf
 
 from dasd.models.student import asset_path
 
+TEMPERATURES = {"low": 0.6, "high": 1.0}  # the schedule of spec §6.1: stage 1 and stage 2
+
+
+def temperature_value(value: str | float) -> float:
+    """``low`` → 0.6, ``high`` → 1.0, a number → itself."""
+    if isinstance(value, int | float):
+        return float(value)
+    if value in TEMPERATURES:
+        return TEMPERATURES[value]
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"temperature must be low, high or a number, got {value!r}") from None
+
 
 def register_resolvers() -> None:
-    """``${asset:NAME}``: absolute path of an asset shipped inside the package (tiny student, sample data)."""
+    """``${asset:NAME}``: absolute path of an asset shipped inside the package (tiny student, sample data).
+    ``${temperature:low|high|x}``: the sampling temperature."""
     if not OmegaConf.has_resolver("asset"):
         OmegaConf.register_new_resolver("asset", asset_path)
+    if not OmegaConf.has_resolver("temperature"):
+        OmegaConf.register_new_resolver("temperature", temperature_value)
 
 
 # Config groups whose options are named by numbers (conf/stage/1.yaml, 2.yaml).

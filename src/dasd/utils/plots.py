@@ -23,3 +23,17 @@ def plot_training_curves(rows: list[dict], path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_generation_summary(lengths: list[int], probabilities: list[float], path: str | Path, title: str) -> None:
+    """Histograms of response length (tokens) and response probability (geometric mean of token
+    probabilities, as in the DASD report's Fig. 3a)."""
+    fig, (ax_len, ax_p) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax_len.hist(lengths, bins=40, color="tab:blue")
+    ax_len.set(xlabel="response length (teacher tokens)", ylabel="responses", title="length")
+    ax_p.hist(probabilities, bins=40, range=(0.0, 1.0), density=True, color="tab:orange")
+    ax_p.set(xlabel="response probability (geometric mean)", ylabel="density", title="probability", xlim=(0, 1))
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

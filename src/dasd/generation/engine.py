@@ -1,0 +1,110 @@
+"""The engine interface shared by every generator and scorer.
+
+Log-probability semantics are explicit: ``logprob_mode="raw"`` (default) gives log-probabilities of the
+model's untempered distribution (log-softmax of the raw logits), whatever the sampling temperature;
+``"processed"`` gives them after temperature and top-p (the distribution actually sampled from). Every
+sample records which one it carries.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from transformers import PreTrainedTokenizerBase
+
+LOGPROB_MODES = ("raw", "processed")
+FINISH_REASONS = ("stop", "length")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to sample. ``seed``: base seed; request i gets ``seed + i`` unless it carries its own seed."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 1024
+    seed: int | None = 0
+    stop: tuple[str, ...] = ()
+    logprob_mode: str = "raw"
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.max_tokens < 1:
+            raise ValueError(f"sampling: n ({self.n}) and max_tokens ({self.max_tokens}) must be >= 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling: temperature {self.temperature} must be >= 0 and top_p {self.top_p} in (0, 1]")
+        if self.logprob_mode not in LOGPROB_MODES:
+            raise ValueError(f"sampling.logprob_mode must be one of {LOGPROB_MODES}, got {self.logprob_mode!r}")
+
+
+@dataclass(frozen=True)
+class Request:
+    """A prompt: chat ``messages`` (rendered with the model's own chat template) or raw ``prompt_token_ids``
+    (e.g. a rendered prompt plus a student prefix the model must continue)."""
+
+    messages: tuple[dict, ...] | None = None
+    prompt_token_ids: tuple[int, ...] | None = None
+    chat_template_kwargs: dict = field(default_factory=dict)
+    seed: int | None = None  # overrides SamplingConfig.seed + index (stable per question, e.g. for resume)
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prompt_token_ids is None):
+            raise ValueError("a Request takes exactly one of messages or prompt_token_ids")
+
+
+@dataclass
+class Sample:
+    """One generated continuation: text, token ids, the log-probability of each sampled token."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str  # "stop" (end of turn, EOS or a stop string) or "length" (hit max_tokens)
+    prompt_token_ids: list[int]
+    logprob_mode: str
+
+    def __post_init__(self) -> None:
+        assert len(self.token_ids) == len(self.logprobs), "one logprob per sampled token"
+        assert self.finish_reason in FINISH_REASONS, self.finish_reason
+
+
+def request_seed(request: Request, sampling: SamplingConfig, index: int) -> int | None:
+    """The seed of request ``index`` of a call: its own, else the base seed + index."""
+    if request.seed is not None:
+        return request.seed
+    return None if sampling.seed is None else sampling.seed + index
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, request: Request) -> list[int]:
+    """Token ids of a request's prompt: its ids as given, or its messages through the chat template."""
+    if request.prompt_token_ids is not None:
+        return list(request.prompt_token_ids)
+    text = tokenizer.apply_chat_template(list(request.messages), tokenize=False, add_generation_prompt=True,
+                                         **request.chat_template_kwargs)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+class Engine(ABC):
+    """Generate from and score with one model."""
+
+    name: str = "engine"
+    model_name: str
+    tokenizer: PreTrainedTokenizerBase
+
+    @abstractmethod
+    def generate(self, requests: list[Request], sampling: SamplingConfig) -> list[list[Sample]]:
+        """``sampling.n`` samples for each request, in request order."""
+
+    @abstractmethod
+    def score(self, prompt_token_ids: list[int], completion_token_ids: list[int]) -> list[float]:
+        """Teacher-forced log-probability (raw distribution) of each completion token given everything before it."""
+
+    def close(self) -> None:  # noqa: B027 (optional hook: engines without resources keep the default)
+        """Release the model (memory, processes)."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

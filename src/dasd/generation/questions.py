@@ -1,0 +1,81 @@
+"""Reading questions for generation: JSONL with ``input`` (required), ``id`` or ``uuid``, ``domain``, ``meta``.
+
+Released SFT records are valid question files too (their ``uuid`` becomes the question id). Errors name
+``file:line`` and the field; ``on_error="skip"`` skips, counts and reports them instead.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from dasd.data.records import ON_ERROR, ReadReport, RecordError
+
+NAMESPACE = uuid.UUID("6c1f7e1a-3f4b-4bd0-9a53-2d0f1b7e5a10")
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    input: str
+    domain: str
+    meta: dict
+    source: str  # file:line
+
+
+def _question(obj: object, path: Path, line: int) -> Question:
+    if not isinstance(obj, dict):
+        raise RecordError(path, line, "<record>", f"expected a JSON object, got {type(obj).__name__}")
+    text = obj.get("input", obj.get("question"))
+    if text is None:
+        raise RecordError(path, line, "input", "missing")
+    if not isinstance(text, str) or not text.strip():
+        raise RecordError(path, line, "input", "expected a non-empty string")
+    qid = obj.get("id", obj.get("uuid"))
+    if qid is not None and not isinstance(qid, str | int):
+        raise RecordError(path, line, "id", f"expected a string or int, got {type(qid).__name__}")
+    domain = obj.get("domain", "unknown")
+    if not isinstance(domain, str):
+        raise RecordError(path, line, "domain", f"expected a string, got {type(domain).__name__}")
+    meta = obj.get("meta", {})
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta) if meta else {}
+        except json.JSONDecodeError:
+            meta = {"raw": meta}
+    if not isinstance(meta, dict):
+        raise RecordError(path, line, "meta", f"expected an object or JSON string, got {type(meta).__name__}")
+    qid = str(qid) if qid is not None else str(uuid.uuid5(NAMESPACE, text))
+    return Question(id=qid, input=text, domain=domain, meta=meta, source=f"{path}:{line}")
+
+
+def read_questions(path: str | Path, on_error: str = "raise") -> tuple[list[Question], ReadReport]:
+    """Read a questions file; duplicate ids are an error (they would collide in the output)."""
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"questions file not found: {path}")
+    out, seen, report = [], {}, ReadReport(path=str(path))
+    for line_no, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        if not raw.strip():
+            continue
+        report.read += 1
+        try:
+            try:
+                obj = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise RecordError(path, line_no, "<json>", f"malformed JSON ({e})") from None
+            q = _question(obj, path, line_no)
+            if q.id in seen:
+                raise RecordError(path, line_no, "id", f"duplicate id {q.id!r} (first at line {seen[q.id]})")
+            seen[q.id] = line_no
+            out.append(q)
+        except RecordError as e:
+            if on_error == "raise":
+                raise
+            report.skipped.append(str(e))
+    report.kept = len(out)
+    return out, report

@@ -1,0 +1,77 @@
+"""``generate(cfg)``: the one place that reads the generation config (``python generate.py ...``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from dasd.generation.engine import SamplingConfig
+from dasd.generation.pipeline import TeacherFormat, generate_shard, shard_questions, summarize
+from dasd.generation.questions import read_questions
+from dasd.generation.shards import ShardWriter
+from dasd.training.loggers import resolve_wandb_mode
+from dasd.utils.logging import get_logger
+from dasd.utils.plots import plot_generation_summary
+from dasd.utils.run import Manifest, git_revision, versions
+
+log = get_logger(__name__)
+
+
+def _log_wandb(cfg: DictConfig, run_dir: Path, summary: dict, png: Path, config: dict) -> None:
+    mode = resolve_wandb_mode(cfg.logger.get("mode", "auto")) if cfg.logger.name == "wandb" else "disabled"
+    if mode == "disabled":
+        return
+    import wandb
+
+    run = wandb.init(project=cfg.logger.get("project", "dasd"), entity=cfg.logger.get("entity"), mode=mode,
+                     dir=str(run_dir), group=cfg.experiment_name, job_type="generate", config=config,
+                     name=f"generate/{run_dir.name}")
+    run.summary.update({k: v for k, v in summary.items() if not isinstance(v, list)})
+    run.log({"generate/summary": wandb.Image(str(png)),
+             "generate/response_probability": wandb.Histogram(summary["response_probabilities"]),
+             "generate/response_length": wandb.Histogram(summary["lengths"])})
+    run.finish()
+
+
+def generate(cfg: DictConfig) -> dict:
+    """Sample this shard's candidates; write records, a summary JSON, histograms (PNG) and the manifest."""
+    run_dir, out_dir = Path(cfg.paths.run_dir), Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    sampling = SamplingConfig(temperature=float(cfg.sampling.temperature), top_p=cfg.sampling.top_p,
+                              max_tokens=cfg.sampling.max_tokens, stop=tuple(cfg.sampling.stop),
+                              logprob_mode=cfg.sampling.logprob_mode)
+    questions, report = read_questions(cfg.questions, on_error=cfg.on_error)
+    for skip in report.skipped:
+        log.warning("skipped question: %s", skip)
+    if cfg.max_questions is not None:
+        questions = questions[: cfg.max_questions]
+    mine = shard_questions(questions, cfg.shard.index, cfg.shard.count)
+    writer = ShardWriter(out_dir, cfg.shard.index, cfg.shard.count)
+    fmt = TeacherFormat(kind=cfg.teacher.format, system_prompt=cfg.teacher.system_prompt,
+                        chat_template_kwargs=OmegaConf.to_container(cfg.teacher.chat_template_kwargs))
+    engine = instantiate(cfg.engine)
+    try:
+        counts = generate_shard(engine, mine, writer, samples_per_question=cfg.samples_per_question,
+                                sampling=sampling, seed=cfg.seed, fmt=fmt, batch_size=cfg.batch_size,
+                                progress=cfg.progress)
+    finally:
+        engine.close()
+    shard_file = writer.finalize()
+    summary = summarize(list(writer.rows()))
+    png = run_dir / "generation_summary.png"
+    plot_generation_summary(summary["lengths"], summary["response_probabilities"], png,
+                            f"{cfg.teacher.name} · T={sampling.temperature} · shard {cfg.shard.index}/{cfg.shard.count}")
+    plain = {k: v for k, v in summary.items() if not isinstance(v, list)}
+    (run_dir / "generation_summary.json").write_text(json.dumps({**plain, **counts}, indent=2))
+    Manifest(run_dir / "manifest.json").update(
+        status="completed", kind="generate", config=config, questions=report.summary(), counts=counts,
+        summary=plain, output=str(shard_file), versions=versions(), git=git_revision(Path(__file__).parent),
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    _log_wandb(cfg, run_dir, summary, png, config)
+    log.info("wrote %s: %s", shard_file, plain)
+    return {**plain, **counts, "output": str(shard_file)}
