@@ -18,14 +18,15 @@ from dasd.training.strategy import build_strategy, zero3_config
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
+GENERATE_ONLY = ("teacher", "engine")  # groups of conf/generate.yaml; every other group belongs to train.yaml
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
 
 
-def compose_cfg(overrides: list[str], tmp_path: Path, hydra_cfg: bool = False):
+def compose_cfg(overrides: list[str], tmp_path: Path, hydra_cfg: bool = False, name: str = "train"):
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=quote_numeric_choices(
+        return compose(name, overrides=quote_numeric_choices(
             overrides + [f"paths.root_dir={tmp_path}", f"paths.run_dir={tmp_path}/run"]),
             return_hydra_config=hydra_cfg)
 
@@ -33,19 +34,31 @@ def compose_cfg(overrides: list[str], tmp_path: Path, hydra_cfg: bool = False):
 def test_every_group_has_options():
     """The config groups the README documents all exist and are non-empty."""
     for group in ("stage", "sampler", "student", "data", "trainer", "strategy", "logger", "paths", "hydra",
-                  "debug", "experiment", "sweep", "optim"):
+                  "debug", "experiment", "sweep", "optim", "teacher", "engine"):
         assert group in GROUPS and any((CONF / group).glob("*.yaml")), group
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_resolves(group, option, tmp_path):
     """Each option of each group composes with the defaults and every interpolation resolves."""
+    if group in GENERATE_ONLY:
+        plain = OmegaConf.to_container(compose_cfg([f"{group}={option}"], tmp_path, name="generate"), resolve=True)
+        assert plain["teacher"]["name_or_path"] and plain["engine"]["_target_"].startswith("dasd.generation.")
+        assert plain["sampling"]["temperature"] == 0.6
+        return
     cfg = compose_cfg([f"{group}={option}"], tmp_path, hydra_cfg=(group == "hydra"))
     if group == "hydra":
         assert "run" in cfg.hydra
         return
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert plain["stage"]["id"] in (1, 2) and plain["data"]["path"] and plain["student"]["name_or_path"]
+
+
+@pytest.mark.parametrize("value,expected", [("low", 0.6), ("high", 1.0), ("0.8", 0.8), (0.7, 0.7)])
+def test_generate_temperature_schedule(value, expected, tmp_path):
+    """`temperature=low|high|<number>` sets the sampling temperature (0.6 / 1.0 / the number)."""
+    cfg = compose_cfg([f"temperature={value}"], tmp_path, name="generate")
+    assert cfg.sampling.temperature == expected and str(expected) in cfg.run_name
 
 
 def test_numeric_stage_override(tmp_path):

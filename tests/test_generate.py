@@ -15,7 +15,7 @@ from wandb_offline import read_history, run_files
 from dasd.data.records import RecordError, read_records
 from dasd.generation.engine import SamplingConfig
 from dasd.generation.hf import HFEngine
-from dasd.generation.pipeline import TeacherFormat, generate_shard, sample_seed, shard_questions
+from dasd.generation.pipeline import TeacherFormat, generate_shard, make_record, sample_seed, shard_questions
 from dasd.generation.questions import read_questions
 from dasd.generation.shards import ShardWriter
 
@@ -121,3 +121,39 @@ def test_generate_cli_writes_data_summary_and_wandb(tmp_path):
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "completed"
     logged = {k for h in read_history(run_files(run_dir)[-1]) for k in h}
     assert {"generate/summary/path", "generate/response_probability/values"} <= logged
+
+
+def test_harmony_teacher_records_are_converted_and_flagged():
+    """A gpt-oss (harmony) completion becomes `<think>analysis</think>final` with a char span per teacher
+    token, and a completion with a tool call is flagged."""
+    from test_harmony import CALL, CHANNEL, END, MESSAGE, RETURN, START, _harmony_tokenizer, enc
+
+    from dasd.generation.engine import Sample
+    from dasd.generation.questions import Question
+
+    tok = _harmony_tokenizer()
+    q = Question(id="q", input="2+2?", domain="math", meta={}, source="x:1")
+    fmt = TeacherFormat(kind="harmony")
+    ok = enc(tok, CHANNEL, "analysis", MESSAGE, "Add them.", END, START, "assistant", CHANNEL, "final", MESSAGE,
+             "\\boxed{4}", RETURN)
+    tool = enc(tok, CHANNEL, "analysis", " to=python", MESSAGE, "print(2+2)", CALL)
+    rows = [make_record(q, k, Sample(text="", token_ids=ids, logprobs=[-0.1] * len(ids), finish_reason="stop",
+                                     prompt_token_ids=[1], logprob_mode="raw"), 7, SAMPLING, "gpt-oss", fmt, tok)
+            for k, ids in enumerate((ok, tool))]
+    assert rows[0]["output"] == "<think>\nAdd them.\n</think>\n\n\\boxed{4}" and not rows[0]["has_tool_call"]
+    spans = [s for s in rows[0]["token_spans"] if s]
+    assert "".join(rows[0]["output"][a:b] for a, b in spans) == "Add them.\\boxed{4}"
+    assert len(rows[0]["token_spans"]) == len(rows[0]["token_ids"])
+    assert rows[1]["has_tool_call"] and rows[0]["format"] == "harmony"
+
+
+def test_missing_vllm_is_a_clear_error(tiny_path):
+    """Without vLLM installed, engine=vllm says how to install it."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    from dasd.generation.vllm_engine import VLLMEngine
+
+    with pytest.raises(ImportError, match="setup.sh vllm"):
+        VLLMEngine(tiny_path)

@@ -25,9 +25,7 @@ LOGPROB_ATOL = 2e-3
 def engines(tiny_path):
     from dasd.generation.vllm_engine import VLLMEngine
 
-    # on CPU, gpu_memory_utilization is the share of host memory vLLM reserves (KV cache)
-    vllm_engine = VLLMEngine(tiny_path, dtype="float32", seed=0, max_model_len=1024, enforce_eager=True,
-                             gpu_memory_utilization=0.1)
+    vllm_engine = VLLMEngine(tiny_path, dtype="float32", seed=0, max_model_len=1024, enforce_eager=True)
     yield HFEngine(tiny_path, device="cpu", dtype="float32"), vllm_engine
     vllm_engine.close()
 
@@ -66,3 +64,23 @@ def test_seeded_samples_repeat(engines):
     a, b = vl.generate(PROMPTS, cfg), vl.generate(PROMPTS, cfg)
     assert [len(g) for g in a] == [3, 3]
     assert [s.token_ids for g in a for s in g] == [s.token_ids for g in b for s in g]
+
+
+def test_generate_cli_with_vllm(tmp_path):
+    """`python generate.py engine=vllm` writes the same kind of shard as the HF engine."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"}
+    cmd = [sys.executable, str(repo / "generate.py"), "engine=vllm", f"paths.root_dir={tmp_path}", "max_questions=6",
+           "samples_per_question=3", "sampling.max_tokens=16", "progress=false", "engine.enforce_eager=true",
+           "engine.max_model_len=1024", "logger=none"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shard = tmp_path / "outputs" / "default" / "generate_T0.6_shard0" / "data" / "shard-00000-of-00001.jsonl"
+    rows = [json.loads(x) for x in shard.read_text().splitlines()]
+    assert len(rows) == 18 and all(len(r["token_ids"]) == len(r["logprobs"]) for r in rows)
+    assert len({r["seed"] for r in rows}) == 18 and {r["logprob_mode"] for r in rows} == {"raw"}

