@@ -10,11 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 REQUIRED_FIELDS = ("uuid", "input", "output", "domain", "meta")
 ON_ERROR = ("raise", "skip")
+T = TypeVar("T")
 
 
 class RecordError(ValueError):
@@ -67,14 +70,19 @@ def _check(obj: object, path: Path, line: int) -> Record:
     return Record(*(obj[name] for name in REQUIRED_FIELDS), source=f"{path}:{line}")
 
 
-def read_records(path: str | Path, on_error: str = "raise") -> tuple[list[Record], ReadReport]:
-    """Read a JSONL file of records. Returns the records and a report of what was kept and skipped."""
+def read_jsonl(path: str | Path, parse: Callable[[object, Path, int], T], on_error: str = "raise",
+               what: str = "data file") -> tuple[list[T], ReadReport]:
+    """Read a JSONL file, turning each non-blank line into ``parse(obj, path, line)``.
+
+    A malformed line, or a ``RecordError`` from ``parse``, stops the read (``on_error="raise"``) or is
+    skipped and listed in the report (``"skip"``). The report also carries the file's sha256.
+    """
     if on_error not in ON_ERROR:
-        raise ValueError(f"data.on_error must be one of {ON_ERROR}, got {on_error!r}")
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path} (set data.path, or see README 'Data')")
-    records: list[Record] = []
+        raise FileNotFoundError(f"{what} not found: {path}")
+    items: list[T] = []
     report = ReadReport(path=str(path))
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -88,11 +96,16 @@ def read_records(path: str | Path, on_error: str = "raise") -> tuple[list[Record
                     obj = json.loads(raw)
                 except (json.JSONDecodeError, UnicodeDecodeError) as e:
                     raise RecordError(path, line_no, "<json>", f"malformed JSON ({e})") from None
-                records.append(_check(obj, path, line_no))
+                items.append(parse(obj, path, line_no))
             except RecordError as e:
                 if on_error == "raise":
                     raise
                 report.skipped.append(str(e))
-    report.kept = len(records)
+    report.kept = len(items)
     report.sha256 = digest.hexdigest()
-    return records, report
+    return items, report
+
+
+def read_records(path: str | Path, on_error: str = "raise") -> tuple[list[Record], ReadReport]:
+    """Read a JSONL file of records. Returns the records and a report of what was kept and skipped."""
+    return read_jsonl(path, _check, on_error, what="data file (set data.path)")

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from dasd.data.records import ON_ERROR, ReadReport, RecordError
+from dasd.data.records import ReadReport, RecordError, read_jsonl
 
 NAMESPACE = uuid.UUID("6c1f7e1a-3f4b-4bd0-9a53-2d0f1b7e5a10")
 
@@ -53,29 +53,13 @@ def _question(obj: object, path: Path, line: int) -> Question:
 
 def read_questions(path: str | Path, on_error: str = "raise") -> tuple[list[Question], ReadReport]:
     """Read a questions file; duplicate ids are an error (they would collide in the output)."""
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"questions file not found: {path}")
-    out, seen, report = [], {}, ReadReport(path=str(path))
-    for line_no, raw in enumerate(path.read_bytes().splitlines(), start=1):
-        if not raw.strip():
-            continue
-        report.read += 1
-        try:
-            try:
-                obj = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise RecordError(path, line_no, "<json>", f"malformed JSON ({e})") from None
-            q = _question(obj, path, line_no)
-            if q.id in seen:
-                raise RecordError(path, line_no, "id", f"duplicate id {q.id!r} (first at line {seen[q.id]})")
-            seen[q.id] = line_no
-            out.append(q)
-        except RecordError as e:
-            if on_error == "raise":
-                raise
-            report.skipped.append(str(e))
-    report.kept = len(out)
-    return out, report
+    seen: dict[str, int] = {}
+
+    def parse(obj: object, path: Path, line: int) -> Question:
+        q = _question(obj, path, line)
+        if q.id in seen:
+            raise RecordError(path, line, "id", f"duplicate id {q.id!r} (first at line {seen[q.id]})")
+        seen[q.id] = line
+        return q
+
+    return read_jsonl(path, parse, on_error, what="questions file")
