@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import lightning as L
 from transformers import PreTrainedTokenizerBase
 
+from dasd.data import cache
 from dasd.data.packing import PackCollator, PackedDataset, PackingReport, pack_samples
-from dasd.data.records import ReadReport, read_records
+from dasd.data.records import read_records
 from dasd.data.sampler import ResumableDataLoader, StepBatchSampler
 from dasd.data.template import ChatTemplater, TokenizedSample
 from dasd.utils.logging import get_logger
 
 log = get_logger(__name__)
+
+CACHE_VERSION = 1  # bump when the tokenized format or the rendering changes
 
 
 class SFTDataModule(L.LightningDataModule):
@@ -28,48 +34,78 @@ class SFTDataModule(L.LightningDataModule):
         on_error: "raise" (stop at the first bad record) or "skip" (skip, count, report).
         seed: order of packs per epoch.
         max_samples: keep only the first N selected records (debugging); None keeps all.
+        cache_dir: where tokenized datasets are cached (keyed by the file's sha256, the tokenizer, the
+            template settings and the selector); None disables the cache.
+        num_proc: processes that tokenize in parallel.
     """
 
     def __init__(self, path: str, tokenizer: PreTrainedTokenizerBase, selector, cutoff_len: int,
                  micro_batch_size: int = 1, accumulate: int = 1, system_prompt: str | None = None,
                  end_of_turn: str = "auto", on_error: str = "raise", seed: int = 42,
-                 max_samples: int | None = None, num_workers: int = 0) -> None:
+                 max_samples: int | None = None, num_workers: int = 0, cache_dir: str | None = None,
+                 num_proc: int = 1) -> None:
         super().__init__()
         self.path, self.tokenizer, self.selector = path, tokenizer, selector
         self.cutoff_len, self.micro_batch_size, self.accumulate = cutoff_len, micro_batch_size, accumulate
         self.templater = ChatTemplater(tokenizer, system_prompt=system_prompt, end_of_turn=end_of_turn)
         self.on_error, self.seed, self.max_samples, self.num_workers = on_error, seed, max_samples, num_workers
-        self.samples: list[TokenizedSample] = []
+        self.cache_dir, self.num_proc = cache_dir, num_proc
+        self.samples: Sequence[TokenizedSample] = []
         self.dataset: PackedDataset | None = None
-        self.read_report: ReadReport | None = None
+        self.read_summary: dict | None = None
         self.selection_report: dict = {}
+        self.cache_report: dict = {"enabled": cache_dir is not None}
         self.packing_report: PackingReport | None = None
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.dataset is not None:
-            return
-        records, self.read_report = read_records(self.path, on_error=self.on_error)
-        for skip in self.read_report.skipped:
+    def _cache_folder(self) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        key = cache.cache_key(file=cache.file_sha256(self.path), tokenizer=cache.tokenizer_fingerprint(self.tokenizer),
+                              system_prompt=self.templater.system_prompt, end_of_turn=self.templater.end_of_turn,
+                              selector=(type(self.selector).__name__, vars(self.selector)),
+                              max_samples=self.max_samples, on_error=self.on_error, version=CACHE_VERSION)
+        return Path(self.cache_dir) / key
+
+    def _build(self) -> list[TokenizedSample]:
+        """Read, select and tokenize (the work the cache saves)."""
+        records, read = read_records(self.path, on_error=self.on_error)
+        for skip in read.skipped:
             log.warning("skipped record: %s", skip)
+        self.read_summary = read.summary()
         records, self.selection_report = self.selector.select(records)
         if self.max_samples is not None:
             records = records[: self.max_samples]
         if not records:
-            raise ValueError(f"{self.path}: no records left to train on ({self.read_report.summary()})")
-        self.samples = [self.templater.render(r) for r in records]
+            raise ValueError(f"{self.path}: no records left to train on ({self.read_summary})")
+        return cache.render_all(self.templater, records, num_proc=self.num_proc)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is not None:
+            return
+        folder = self._cache_folder()
+        cached = cache.load(folder) if folder is not None else None
+        if cached is not None:
+            self.samples, saved = cached
+            self.read_summary, self.selection_report = saved["read"], saved["selection"]
+            self.cache_report = {"enabled": True, "hit": True, "dir": str(folder)}
+            log.info("tokenized data from cache %s (%d samples)", folder, len(self.samples))
+        else:
+            self.samples = self._build()
+            if folder is not None:
+                cache.save(folder, self.samples, {"read": self.read_summary, "selection": self.selection_report})
+                self.cache_report = {"enabled": True, "hit": False, "dir": str(folder)}
         packs, self.packing_report = pack_samples(self.samples, self.cutoff_len)
         if not packs:
             raise ValueError(f"{self.path}: every sample is longer than cutoff_len={self.cutoff_len}")
         for uuid, length in self.packing_report.dropped_overlong:
             log.warning("dropped over-long sample %s: %d tokens > cutoff_len %d", uuid, length, self.cutoff_len)
         self.dataset = PackedDataset(self.samples, packs)
-        log.info("data: %s | selection: %s | packing: %s", self.read_report.summary(), self.selection_report,
+        log.info("data: %s | selection: %s | packing: %s", self.read_summary, self.selection_report,
                  self.packing_report.summary())
 
     def report(self) -> dict:
         """Counts of every stage of the pipeline (for the manifest and the logger)."""
-        return {"read": self.read_report.summary() if self.read_report else None,
-                "selection": self.selection_report,
+        return {"read": self.read_summary, "selection": self.selection_report, "cache": self.cache_report,
                 "packing": self.packing_report.summary() if self.packing_report else None}
 
     def train_dataloader(self) -> ResumableDataLoader:

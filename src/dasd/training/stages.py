@@ -27,7 +27,8 @@ log = get_logger(__name__)
 
 # Config keys that do not change what is trained (a resume may change them freely).
 NON_TRAINING_KEYS = ("resume", "logger", "paths", "tags", "train.save_every_n_steps", "train.plot_every_n_steps",
-                     "train.progress_refresh_rate", "train.keep_hf_checkpoints", "trainer.enable_progress_bar")
+                     "train.progress_refresh_rate", "train.keep_hf_checkpoints", "trainer.enable_progress_bar",
+                     "data.cache", "data.num_proc", "data.num_workers")
 
 
 @dataclass

@@ -32,7 +32,8 @@ def _datamodule(cfg: DictConfig, tokenizer) -> SFTDataModule:
                          cutoff_len=d.cutoff_len, micro_batch_size=cfg.train.micro_batch_size,
                          accumulate=cfg.train.accumulate, system_prompt=d.system_prompt,
                          end_of_turn=d.end_of_turn, on_error=d.on_error, seed=cfg.seed,
-                         max_samples=d.max_samples, num_workers=d.num_workers)
+                         max_samples=d.max_samples, num_workers=d.num_workers,
+                         cache_dir=cfg.paths.cache_dir if d.cache else None, num_proc=d.num_proc)
 
 
 def _callbacks(cfg: DictConfig, plan: StagePlan, tokenizer) -> list[L.Callback]:
