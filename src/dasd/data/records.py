@@ -56,7 +56,7 @@ class ReadReport:
                 "skip_reasons": dict(reasons), "sha256": self.sha256}
 
 
-def _check(obj: object, path: Path, line: int) -> Record:
+def check_record(obj: object, path: Path, line: int) -> Record:
     if not isinstance(obj, dict):
         raise RecordError(path, line, "<record>", f"expected a JSON object, got {type(obj).__name__}")
     for name in REQUIRED_FIELDS:
@@ -108,4 +108,4 @@ def read_jsonl(path: str | Path, parse: Callable[[object, Path, int], T], on_err
 
 def read_records(path: str | Path, on_error: str = "raise") -> tuple[list[Record], ReadReport]:
     """Read a JSONL file of records. Returns the records and a report of what was kept and skipped."""
-    return read_jsonl(path, _check, on_error, what="data file (set data.path)")
+    return read_jsonl(path, check_record, on_error, what="data file (set data.path)")

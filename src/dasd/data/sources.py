@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dasd.data.records import ON_ERROR, REQUIRED_FIELDS, Record, RecordError
-from dasd.data.records import _check as _check_released
+from dasd.data.records import check_record as _check_released
 
 POSITIVE_LOGPROB_TOLERANCE = 1e-6
 FINISH_REASONS = ("stop", "length")
