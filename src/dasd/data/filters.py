@@ -421,10 +421,13 @@ def find_tandem_repeat(text: str, min_unit: int = 20, min_repeats: int = 5,
     Returns ``(start, unit_length)`` of some back-to-back repeat (not necessarily the regex's leftmost one),
     or None. A unit of length p repeated r times exists iff ``text[j] == text[j+p]`` for a run of
     ``(r-1)*p`` consecutive j. Such a run contains at least ``ceil(((r-1)p - 2k + 2) / k)`` whole k-blocks
-    aligned at multiples of ``k = min_unit``, whose hashes then equal those p characters later. So per p
-    we compare n/k block hashes (vectorised) and only when a long enough run of equal blocks shows up do we
-    check the characters exactly (O(n), also vectorised; that check also rules out hash collisions).
-    Cost: O(n * k) to hash, plus O(n/k) per period p <= min(max_unit, n/r), plus O(n) per candidate p.
+    aligned at multiples of ``k = min_unit``, whose hashes then equal those p characters later; and any
+    ``blocks`` consecutive aligned blocks include one at a multiple of ``blocks * k``. So per period p we
+    first compare only those sparse blocks (n/(k*blocks) hashes, blocks ~ (r-1)p/k), then all n/k aligned
+    blocks, and only if a long enough run of equal blocks shows up do we compare characters exactly (which
+    also rules out hash collisions). All comparisons are vectorised numpy, nothing backtracks: the cost is
+    O(n*k) to hash plus O(n log n / k) for the sparse pass over all p (typical texts stop there), and at
+    most O(n) per period p <= min(max_unit, n/r) in the worst case (O(n^2/r) in total without a cap).
     """
     k, r = min_unit, min_repeats
     n = len(text)
@@ -434,11 +437,14 @@ def find_tandem_repeat(text: str, min_unit: int = 20, min_repeats: int = 5,
     a = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
     h = _block_hashes(a, k)
     for p in range(k, p_max + 1):
-        need = (r - 1) * p
-        idx = np.arange(0, n - p - k + 1, k)
-        blocks = math.ceil((need - 2 * k + 2) / k)  # whole k-blocks any such run must contain
-        if blocks > 0 and _has_run(h[idx] == h[idx + p], blocks) is None:
-            continue
+        need, last = (r - 1) * p, n - p - k + 1  # block starts j < last have a partner block at j + p
+        blocks = math.ceil((need - 2 * k + 2) / k)  # whole k-blocks (at multiples of k) such a run contains
+        if blocks > 0:
+            sparse = blocks * k  # any `blocks` consecutive aligned blocks include one at a multiple of this
+            if not np.any(h[0:last:sparse] == h[p:last + p:sparse]):
+                continue
+            if _has_run(h[0:last:k] == h[p:last + p:k], blocks) is None:
+                continue
         start = _has_run(a[p:] == a[:-p], need)
         if start is not None:
             return start, p
