@@ -9,9 +9,10 @@ import lightning as L
 from transformers import PreTrainedTokenizerBase
 
 from dasd.data import cache
+from dasd.data.filters import FilterConfig, FilterInput, apply_filters, build_filters
 from dasd.data.packing import PackCollator, PackedDataset, PackingReport, pack_samples
-from dasd.data.records import read_records
 from dasd.data.sampler import ResumableDataLoader, StepBatchSampler
+from dasd.data.sources import SourceReport, TeacherRecord, iter_generated, iter_released
 from dasd.data.template import ChatTemplater, TokenizedSample
 from dasd.utils.logging import get_logger
 
@@ -37,19 +38,27 @@ class SFTDataModule(L.LightningDataModule):
         cache_dir: where tokenized datasets are cached (keyed by the file's sha256, the tokenizer, the
             template settings and the selector); None disables the cache.
         num_proc: processes that tokenize in parallel.
+        filters: response filters (spec §4.3) applied before selection; None applies none.
+        source_format: "released" (uuid, input, output, domain, meta) or "generated" (generate.py shards,
+            whose finish reason and tool-call flags the filters use).
     """
 
     def __init__(self, path: str, tokenizer: PreTrainedTokenizerBase, selector, cutoff_len: int,
                  micro_batch_size: int = 1, accumulate: int = 1, system_prompt: str | None = None,
                  end_of_turn: str = "auto", on_error: str = "raise", seed: int = 42,
                  max_samples: int | None = None, num_workers: int = 0, cache_dir: str | None = None,
-                 num_proc: int = 1) -> None:
+                 num_proc: int = 1, filters: FilterConfig | None = None, source_format: str = "released") -> None:
         super().__init__()
         self.path, self.tokenizer, self.selector = path, tokenizer, selector
         self.cutoff_len, self.micro_batch_size, self.accumulate = cutoff_len, micro_batch_size, accumulate
         self.templater = ChatTemplater(tokenizer, system_prompt=system_prompt, end_of_turn=end_of_turn)
         self.on_error, self.seed, self.max_samples, self.num_workers = on_error, seed, max_samples, num_workers
         self.cache_dir, self.num_proc = cache_dir, num_proc
+        if source_format not in ("released", "generated"):
+            raise ValueError(f"data.format must be released or generated, got {source_format!r}")
+        self.filter_cfg, self.source_format = filters, source_format
+        self.filter_report: dict | None = None
+        self.filter_rows: list[list[str]] = []
         self.samples: Sequence[TokenizedSample] = []
         self.dataset: PackedDataset | None = None
         self.read_summary: dict | None = None
@@ -63,21 +72,45 @@ class SFTDataModule(L.LightningDataModule):
         key = cache.cache_key(file=cache.file_sha256(self.path), tokenizer=cache.tokenizer_fingerprint(self.tokenizer),
                               system_prompt=self.templater.system_prompt, end_of_turn=self.templater.end_of_turn,
                               selector=(type(self.selector).__name__, vars(self.selector)),
-                              max_samples=self.max_samples, on_error=self.on_error, version=CACHE_VERSION)
+                              max_samples=self.max_samples, on_error=self.on_error, format=self.source_format,
+                              filters=self.filter_cfg.to_dict() if self.filter_cfg else None, version=CACHE_VERSION)
         return Path(self.cache_dir) / key
 
+    def _read(self) -> list[TeacherRecord]:
+        report = SourceReport(self.path)
+        reader = iter_generated if self.source_format == "generated" else iter_released
+        items = list(reader(self.path, on_error=self.on_error, report=report))
+        self.read_summary = report.summary()
+        if report.skipped:
+            log.warning("skipped records of %s: %s", self.path, dict(report.skipped))
+        return items
+
+    def _filter(self, items: list[TeacherRecord], samples: list[TokenizedSample]) -> set[str]:
+        """uuids passing the response filters (length counted in student tokens of the templated sample)."""
+        if self.filter_cfg is None:
+            return {t.record.uuid for t in items}
+        inputs = [FilterInput.from_record(t.record, finish_reason=t.finish_reason, has_tool_call=t.has_tool_call,
+                                          has_final=t.extra.get("has_final"), num_student_tokens=len(s))
+                  for t, s in zip(items, samples, strict=True)]
+        kept, report = apply_filters(inputs, build_filters(self.filter_cfg), self.filter_cfg.max_examples)
+        self.filter_report, self.filter_rows = report.summary(), report.table_rows()
+        log.info("filters: kept %d of %d (%s)", report.kept, report.total,
+                 {n: s.dropped for n, s in report.stats.items()})
+        return {x.uuid for x in kept}
+
     def _build(self) -> list[TokenizedSample]:
-        """Read, select and tokenize (the work the cache saves)."""
-        records, read = read_records(self.path, on_error=self.on_error)
-        for skip in read.skipped:
-            log.warning("skipped record: %s", skip)
-        self.read_summary = read.summary()
-        records, self.selection_report = self.selector.select(records)
+        """Read, tokenize, filter and select (the work the cache saves)."""
+        items = self._read()
+        samples = cache.render_all(self.templater, [t.record for t in items], num_proc=self.num_proc)
+        passed = self._filter(items, samples)
+        by_uuid = {s.uuid: s for s in samples if s.uuid in passed}
+        records, self.selection_report = self.selector.select([t.record for t in items if t.record.uuid in passed])
         if self.max_samples is not None:
             records = records[: self.max_samples]
         if not records:
-            raise ValueError(f"{self.path}: no records left to train on ({self.read_summary})")
-        return cache.render_all(self.templater, records, num_proc=self.num_proc)
+            raise ValueError(f"{self.path}: no records left to train on ({self.read_summary}, "
+                             f"filters: {self.filter_report})")
+        return [by_uuid[r.uuid] for r in records]
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
@@ -87,12 +120,14 @@ class SFTDataModule(L.LightningDataModule):
         if cached is not None:
             self.samples, saved = cached
             self.read_summary, self.selection_report = saved["read"], saved["selection"]
+            self.filter_report, self.filter_rows = saved["filters"], saved["filter_rows"]
             self.cache_report = {"enabled": True, "hit": True, "dir": str(folder)}
             log.info("tokenized data from cache %s (%d samples)", folder, len(self.samples))
         else:
             self.samples = self._build()
             if folder is not None:
-                cache.save(folder, self.samples, {"read": self.read_summary, "selection": self.selection_report})
+                cache.save(folder, self.samples, {"read": self.read_summary, "selection": self.selection_report,
+                                                  "filters": self.filter_report, "filter_rows": self.filter_rows})
                 self.cache_report = {"enabled": True, "hit": False, "dir": str(folder)}
         packs, self.packing_report = pack_samples(self.samples, self.cutoff_len)
         if not packs:
@@ -105,7 +140,8 @@ class SFTDataModule(L.LightningDataModule):
 
     def report(self) -> dict:
         """Counts of every stage of the pipeline (for the manifest and the logger)."""
-        return {"read": self.read_summary, "selection": self.selection_report, "cache": self.cache_report,
+        return {"read": self.read_summary, "filters": self.filter_report, "selection": self.selection_report,
+                "cache": self.cache_report,
                 "packing": self.packing_report.summary() if self.packing_report else None}
 
     def train_dataloader(self) -> ResumableDataLoader:

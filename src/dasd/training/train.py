@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig
 
 from dasd.data.datamodule import SFTDataModule
+from dasd.data.filters import FilterConfig
 from dasd.models.student import StudentSpec, load_tokenizer
 from dasd.training.callbacks import HFCheckpoint, MetricsFile, ResumeCheckpoint, RunIdentity
 from dasd.training.loggers import build_loggers
@@ -33,7 +34,9 @@ def _datamodule(cfg: DictConfig, tokenizer) -> SFTDataModule:
                          accumulate=cfg.train.accumulate, system_prompt=d.system_prompt,
                          end_of_turn=d.end_of_turn, on_error=d.on_error, seed=cfg.seed,
                          max_samples=d.max_samples, num_workers=d.num_workers,
-                         cache_dir=cfg.paths.cache_dir if d.cache else None, num_proc=d.num_proc)
+                         cache_dir=cfg.paths.cache_dir if d.cache else None, num_proc=d.num_proc,
+                         filters=FilterConfig.from_dict(OmegaConf.to_container(cfg.filters, resolve=True))
+                         if cfg.filters.order else None, source_format=d.format)
 
 
 def _callbacks(cfg: DictConfig, plan: StagePlan, tokenizer) -> list[L.Callback]:
@@ -83,8 +86,10 @@ def train(cfg: DictConfig) -> dict:
     module = SFTModule(StudentSpec(name_or_path=plan.init_from, **OmegaConf.to_container(cfg.student.load)),
                        OptimConfig(**OmegaConf.to_container(cfg.optim)))
     trainer = _trainer(cfg, plan, tokenizer, strategy)
-    for lg in trainer.loggers:  # counts of every data stage (read, skipped, selected, packed, dropped, efficiency)
+    for lg in trainer.loggers:  # counts of every data stage (read, skipped, filtered, selected, packed, dropped)
         lg.log_hyperparams({"data_report": dm.report()})
+        if isinstance(lg, WandbLogger) and dm.filter_rows:
+            lg.log_table(key="data/filter_drops", columns=["reason", "uuid", "detail"], data=dm.filter_rows)
     if trainer.is_global_zero:
         manifest.update(status="running", stage=cfg.stage.id, run_dir=str(plan.run_dir), config=plan.config,
                         config_hash=plan.config_hash, parent=plan.parent, data=dm.report(), versions=versions(),
