@@ -22,7 +22,8 @@ def _rows():
     return good, bad
 
 
-def _dm(path, tok, tmp_path, cfg=FilterConfig(), fmt="released"):
+def _dm(path, tok, tmp_path, cfg=None, fmt="released"):
+    cfg = cfg or FilterConfig()
     cfg.length.cutoff_len = 400
     dm = SFTDataModule(str(path), tok, RandomSelector(0), cutoff_len=400, system_prompt="You are a helpful assistant.",
                        filters=cfg, source_format=fmt, cache_dir=str(tmp_path / "cache"))
