@@ -67,3 +67,31 @@ def test_generated_shards_drop_truncated_samples(tokenizer, tmp_path):
     dm = _dm(path, tokenizer, tmp_path, fmt="generated")
     assert len(dm.samples) == 2 and dm.report()["filters"]["filters"]["truncated"]["dropped"] == 1
     assert json.dumps(dm.report())  # the whole report is JSON (manifest, W&B)
+
+
+def test_logprob_parquet_is_joined_by_uuid(tokenizer, tmp_path):
+    """data.logprobs joins the Logprob Parquet by uuid; a response without a row stops the run naming it,
+    or with on_error=skip is skipped and counted."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pytest
+
+    from dasd.data.records import RecordError
+
+    good, _ = _rows()
+    path = write_jsonl(tmp_path / "d.jsonl", good)
+    table = pa.table({"sample_uuid": [r["uuid"] for r in good[:-1]],
+                      "token_ids": [[1, 2, 3]] * (len(good) - 1), "logprobs": [[-0.5, -0.1, -0.2]] * (len(good) - 1)})
+    pq.write_table(table, tmp_path / "lp.parquet", row_group_size=2)
+
+    def dm(on_error):
+        d = SFTDataModule(str(path), tokenizer, RandomSelector(0), cutoff_len=400, on_error=on_error,
+                          logprobs_path=str(tmp_path / "lp.parquet"), system_prompt="You are a helpful assistant.")
+        d.setup()
+        return d
+
+    with pytest.raises(RecordError, match=good[-1]["uuid"]):
+        dm("raise")
+    lenient = dm("skip")
+    assert len(lenient.samples) == len(good) - 1
+    assert lenient.report()["logprob_join"]["skip_reasons"] == {"missing_logprobs": 1}

@@ -12,7 +12,7 @@ from dasd.data import cache
 from dasd.data.filters import FilterConfig, FilterInput, apply_filters, build_filters
 from dasd.data.packing import PackCollator, PackedDataset, PackingReport, pack_samples
 from dasd.data.sampler import ResumableDataLoader, StepBatchSampler
-from dasd.data.sources import SourceReport, TeacherRecord, iter_generated, iter_released
+from dasd.data.sources import SourceReport, TeacherRecord, iter_generated, iter_released, join_logprobs
 from dasd.data.template import ChatTemplater, TokenizedSample
 from dasd.utils.logging import get_logger
 
@@ -41,13 +41,16 @@ class SFTDataModule(L.LightningDataModule):
         filters: response filters (spec §4.3) applied before selection; None applies none.
         source_format: "released" (uuid, input, output, domain, meta) or "generated" (generate.py shards,
             whose finish reason and tool-call flags the filters use).
+        logprobs_path: the released ``...-Logprob`` Parquet; its rows are joined to the records by uuid,
+            and missing joins are errors (or skipped and counted with on_error="skip").
     """
 
     def __init__(self, path: str, tokenizer: PreTrainedTokenizerBase, selector, cutoff_len: int,
                  micro_batch_size: int = 1, accumulate: int = 1, system_prompt: str | None = None,
                  end_of_turn: str = "auto", on_error: str = "raise", seed: int = 42,
                  max_samples: int | None = None, num_workers: int = 0, cache_dir: str | None = None,
-                 num_proc: int = 1, filters: FilterConfig | None = None, source_format: str = "released") -> None:
+                 num_proc: int = 1, filters: FilterConfig | None = None, source_format: str = "released",
+                 logprobs_path: str | None = None) -> None:
         super().__init__()
         self.path, self.tokenizer, self.selector = path, tokenizer, selector
         self.cutoff_len, self.micro_batch_size, self.accumulate = cutoff_len, micro_batch_size, accumulate
@@ -56,7 +59,8 @@ class SFTDataModule(L.LightningDataModule):
         self.cache_dir, self.num_proc = cache_dir, num_proc
         if source_format not in ("released", "generated"):
             raise ValueError(f"data.format must be released or generated, got {source_format!r}")
-        self.filter_cfg, self.source_format = filters, source_format
+        self.filter_cfg, self.source_format, self.logprobs_path = filters, source_format, logprobs_path
+        self.join_summary: dict | None = None
         self.filter_report: dict | None = None
         self.filter_rows: list[list[str]] = []
         self.samples: Sequence[TokenizedSample] = []
@@ -73,13 +77,20 @@ class SFTDataModule(L.LightningDataModule):
                               system_prompt=self.templater.system_prompt, end_of_turn=self.templater.end_of_turn,
                               selector=(type(self.selector).__name__, vars(self.selector)),
                               max_samples=self.max_samples, on_error=self.on_error, format=self.source_format,
-                              filters=self.filter_cfg.to_dict() if self.filter_cfg else None, version=CACHE_VERSION)
+                              filters=self.filter_cfg.to_dict() if self.filter_cfg else None,
+                              logprobs=cache.file_sha256(self.logprobs_path) if self.logprobs_path else None,
+                              version=CACHE_VERSION)
         return Path(self.cache_dir) / key
 
     def _read(self) -> list[TeacherRecord]:
         report = SourceReport(self.path)
         reader = iter_generated if self.source_format == "generated" else iter_released
-        items = list(reader(self.path, on_error=self.on_error, report=report))
+        items = reader(self.path, on_error=self.on_error, report=report)
+        if self.logprobs_path:  # the released Logprob Parquet: teacher token ids and logprobs by uuid
+            joined = SourceReport(str(self.logprobs_path))
+            items = list(join_logprobs(items, self.logprobs_path, on_error=self.on_error, report=joined))
+            self.join_summary = joined.summary()
+        items = list(items)
         self.read_summary = report.summary()
         if report.skipped:
             log.warning("skipped records of %s: %s", self.path, dict(report.skipped))
@@ -121,13 +132,15 @@ class SFTDataModule(L.LightningDataModule):
             self.samples, saved = cached
             self.read_summary, self.selection_report = saved["read"], saved["selection"]
             self.filter_report, self.filter_rows = saved["filters"], saved["filter_rows"]
+            self.join_summary = saved.get("logprob_join")
             self.cache_report = {"enabled": True, "hit": True, "dir": str(folder)}
             log.info("tokenized data from cache %s (%d samples)", folder, len(self.samples))
         else:
             self.samples = self._build()
             if folder is not None:
                 cache.save(folder, self.samples, {"read": self.read_summary, "selection": self.selection_report,
-                                                  "filters": self.filter_report, "filter_rows": self.filter_rows})
+                                                  "filters": self.filter_report, "filter_rows": self.filter_rows,
+                                                  "logprob_join": self.join_summary})
                 self.cache_report = {"enabled": True, "hit": False, "dir": str(folder)}
         packs, self.packing_report = pack_samples(self.samples, self.cutoff_len)
         if not packs:
@@ -140,7 +153,8 @@ class SFTDataModule(L.LightningDataModule):
 
     def report(self) -> dict:
         """Counts of every stage of the pipeline (for the manifest and the logger)."""
-        return {"read": self.read_summary, "filters": self.filter_report, "selection": self.selection_report,
+        return {"read": self.read_summary, "logprob_join": self.join_summary, "filters": self.filter_report,
+                "selection": self.selection_report,
                 "cache": self.cache_report,
                 "packing": self.packing_report.summary() if self.packing_report else None}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def _datamodule(cfg: DictConfig, tokenizer) -> SFTDataModule:
                          max_samples=d.max_samples, num_workers=d.num_workers,
                          cache_dir=cfg.paths.cache_dir if d.cache else None, num_proc=d.num_proc,
                          filters=FilterConfig.from_dict(OmegaConf.to_container(cfg.filters, resolve=True))
-                         if cfg.filters.order else None, source_format=d.format)
+                         if cfg.filters.order else None, source_format=d.format, logprobs_path=d.get("logprobs"))
 
 
 def _callbacks(cfg: DictConfig, plan: StagePlan, tokenizer) -> list[L.Callback]:
@@ -86,6 +87,8 @@ def train(cfg: DictConfig) -> dict:
     module = SFTModule(StudentSpec(name_or_path=plan.init_from, **OmegaConf.to_container(cfg.student.load)),
                        OptimConfig(**OmegaConf.to_container(cfg.optim)))
     trainer = _trainer(cfg, plan, tokenizer, strategy)
+    if trainer.is_global_zero:
+        (plan.run_dir / "data_report.json").write_text(json.dumps(dm.report(), indent=2))
     for lg in trainer.loggers:  # counts of every data stage (read, skipped, filtered, selected, packed, dropped)
         lg.log_hyperparams({"data_report": dm.report()})
         if isinstance(lg, WandbLogger) and dm.filter_rows:
