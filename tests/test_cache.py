@@ -21,7 +21,7 @@ def _dump(dm):
 
 
 def test_second_run_reuses_the_cache(tokenizer, sample_file, tmp_path, monkeypatch):
-    """The second setup loads the cache (no reading or tokenizing: render_all is never called) and yields
+    """The second setup loads the cache (no reading or tokenizing: render_stream is never called) and yields
     the same samples, loss masks and packs as the first."""
     first = _dm(sample_file, tokenizer, tmp_path)
     assert first.cache_report["hit"] is False
@@ -29,7 +29,7 @@ def test_second_run_reuses_the_cache(tokenizer, sample_file, tmp_path, monkeypat
     def forbidden(*args, **kwargs):
         raise AssertionError("tokenized again despite a cache entry")
 
-    monkeypatch.setattr(cache, "render_all", forbidden)
+    monkeypatch.setattr(cache, "render_stream", forbidden)
     second = _dm(sample_file, tokenizer, tmp_path)
     assert second.cache_report["hit"] is True and _dump(second) == _dump(first)
     assert second.report()["read"] == first.report()["read"]

@@ -1,18 +1,21 @@
 """On-disk cache of the tokenized training set, keyed by the input file's hash and the relevant config.
 
-A cache entry is a folder of flat arrays (token ids, loss mask, per-sample offsets) plus the uuids and the
-pipeline report, written to a temporary folder and renamed into place. Loading memory-maps the arrays:
-a sample's tokens are read only when its pack is built, so the training set need not fit in memory.
+A cache entry is a folder of flat arrays (token ids, loss mask, per-sample offsets), the uuids, the
+indices of the selected samples and the pipeline report. It is written while the data streams in, to a
+temporary folder renamed into place at the end. Loading memory-maps the token arrays: a sample's tokens
+are read only when its pack is built, so the training set need not fit in memory.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,37 +74,62 @@ class CachedSample:
 
 
 class CachedSamples(Sequence):
+    """The selected samples of a cache entry; token arrays stay on disk (memory-mapped)."""
+
     def __init__(self, folder: Path) -> None:
-        self.ids = np.load(folder / "ids.npy", mmap_mode="r")
-        self.supervised = np.load(folder / "supervised.npy", mmap_mode="r")
         self.offsets = np.load(folder / "offsets.npy")
+        total = int(self.offsets[-1])
+        self.ids = _memmap(folder / "ids.bin", np.int32, total)
+        self.supervised = _memmap(folder / "supervised.bin", np.uint8, total)
         self.num_supervised = np.load(folder / "num_supervised.npy")
         self.uuids = json.loads((folder / "uuids.json").read_text())
+        self.selected = np.load(folder / "selected.npy")
 
     def __len__(self) -> int:
-        return len(self.uuids)
+        return len(self.selected)
 
     def __getitem__(self, i: int) -> CachedSample:
         if not 0 <= i < len(self):
             raise IndexError(i)
-        return CachedSample(self, i)
+        return CachedSample(self, int(self.selected[i]))
 
 
-def save(folder: Path, samples: Sequence[TokenizedSample], report: dict) -> None:
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    lengths = np.array([len(s) for s in samples], dtype=np.int64)
-    np.save(tmp / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]))
-    np.save(tmp / "ids.npy", np.fromiter((t for s in samples for t in s.input_ids), dtype=np.int32,
-                                         count=int(lengths.sum())))
-    np.save(tmp / "supervised.npy", np.fromiter((m for s in samples for m in s.supervised), dtype=np.uint8,
-                                                count=int(lengths.sum())))
-    np.save(tmp / "num_supervised.npy", np.array([s.num_supervised for s in samples], dtype=np.int64))
-    (tmp / "uuids.json").write_text(json.dumps([s.uuid for s in samples]))
-    (tmp / "report.json").write_text(json.dumps(report, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+def _memmap(path: Path, dtype, n: int) -> np.ndarray:
+    return np.memmap(path, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype)
+
+
+class CacheWriter:
+    """Appends tokenized samples to a cache entry on disk as they are produced, so memory is bounded by the
+    per-sample metadata, not the token count; ``finish`` records the selection and renames into place."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.tmp = folder, folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        self._ids = (self.tmp / "ids.bin").open("wb")
+        self._sup = (self.tmp / "supervised.bin").open("wb")
+        self.offsets, self.num_supervised, self.uuids = [0], [], []
+
+    def add(self, sample: TokenizedSample) -> int:
+        """Append one sample; returns its index in the entry."""
+        self._ids.write(np.asarray(sample.input_ids, dtype=np.int32).tobytes())
+        self._sup.write(np.asarray(sample.supervised, dtype=np.uint8).tobytes())
+        self.offsets.append(self.offsets[-1] + len(sample))
+        self.num_supervised.append(sample.num_supervised)
+        self.uuids.append(sample.uuid)
+        return len(self.uuids) - 1
+
+    def finish(self, selected: Sequence[int], report: dict) -> Path:
+        self._ids.close()
+        self._sup.close()
+        np.save(self.tmp / "offsets.npy", np.asarray(self.offsets, dtype=np.int64))
+        np.save(self.tmp / "num_supervised.npy", np.asarray(self.num_supervised, dtype=np.int64))
+        np.save(self.tmp / "selected.npy", np.asarray(selected, dtype=np.int64))
+        (self.tmp / "uuids.json").write_text(json.dumps(self.uuids))
+        (self.tmp / "report.json").write_text(json.dumps(report, indent=2))  # last: marks a complete entry
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.tmp.rename(self.folder)
+        return self.folder
 
 
 def load(folder: Path) -> tuple[CachedSamples, dict] | None:
@@ -116,12 +144,24 @@ def _render_chunk(args: tuple[ChatTemplater, list[Record]]) -> list[TokenizedSam
     return [templater.render(r) for r in records]
 
 
-def render_all(templater: ChatTemplater, records: list[Record], num_proc: int = 1,
-               chunk: int = 512) -> list[TokenizedSample]:
-    """Template and tokenize every record, on ``num_proc`` processes (order kept)."""
-    if num_proc <= 1 or len(records) < 2:
-        return [templater.render(r) for r in records]
-    chunk = max(1, min(chunk, -(-len(records) // (4 * num_proc))))  # several chunks per process
-    chunks = [(templater, records[i:i + chunk]) for i in range(0, len(records), chunk)]
+def render_stream(templater: ChatTemplater, items: Iterable, num_proc: int = 1, chunk: int = 256,
+                  record_of: Callable[[Any], Record] = lambda r: r) -> Iterator[tuple[Any, TokenizedSample]]:
+    """Template and tokenize a stream in order on ``num_proc`` processes, yielding ``(item, sample)``;
+    ``record_of(item)`` is the Record to render. At most ``2 × num_proc`` chunks are in flight, so memory
+    does not grow with the stream."""
+    chunks = _chunked(items, chunk)
+    if num_proc <= 1:
+        for part in chunks:
+            yield from ((item, templater.render(record_of(item))) for item in part)
+        return
     with ProcessPoolExecutor(num_proc) as pool:
-        return [s for part in pool.map(_render_chunk, chunks) for s in part]
+        while wave := list(itertools.islice(chunks, 2 * num_proc)):
+            jobs = [(templater, [record_of(item) for item in part]) for part in wave]
+            for part, samples in zip(wave, pool.map(_render_chunk, jobs), strict=True):
+                yield from zip(part, samples, strict=True)
+
+
+def _chunked(items: Iterable, size: int) -> Iterator[list]:
+    it = iter(items)
+    while part := list(itertools.islice(it, size)):
+        yield part

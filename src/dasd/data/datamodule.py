@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
 from transformers import PreTrainedTokenizerBase
 
 from dasd.data import cache
-from dasd.data.filters import FilterConfig, FilterInput, apply_filters, build_filters
+from dasd.data.filters import FilterConfig, FilterInput, FilterReport, apply_filters, build_filters
 from dasd.data.packing import PackCollator, PackedDataset, PackingReport, pack_samples
 from dasd.data.sampler import ResumableDataLoader, StepBatchSampler
 from dasd.data.sources import SourceReport, TeacherRecord, iter_generated, iter_released, join_logprobs
@@ -19,6 +21,10 @@ from dasd.utils.logging import get_logger
 log = get_logger(__name__)
 
 CACHE_VERSION = 1  # bump when the tokenized format or the rendering changes
+
+
+def _record_of(item: TeacherRecord):
+    return item.record
 
 
 class SFTDataModule(L.LightningDataModule):
@@ -70,9 +76,11 @@ class SFTDataModule(L.LightningDataModule):
         self.cache_report: dict = {"enabled": cache_dir is not None}
         self.packing_report: PackingReport | None = None
 
-    def _cache_folder(self) -> Path | None:
+    def _cache_folder(self) -> Path:
+        """The cache entry for these inputs and settings (a private temporary folder when caching is off)."""
         if self.cache_dir is None:
-            return None
+            self._tmp = tempfile.TemporaryDirectory(prefix="dasd-data-")
+            return Path(self._tmp.name) / "data"
         key = cache.cache_key(file=cache.file_sha256(self.path), tokenizer=cache.tokenizer_fingerprint(self.tokenizer),
                               system_prompt=self.templater.system_prompt, end_of_turn=self.templater.end_of_turn,
                               selector=(type(self.selector).__name__, vars(self.selector)),
@@ -82,66 +90,60 @@ class SFTDataModule(L.LightningDataModule):
                               version=CACHE_VERSION)
         return Path(self.cache_dir) / key
 
-    def _read(self) -> list[TeacherRecord]:
+    def _stream(self) -> tuple[Iterator[TeacherRecord], SourceReport, SourceReport | None]:
         report = SourceReport(self.path)
         reader = iter_generated if self.source_format == "generated" else iter_released
         items = reader(self.path, on_error=self.on_error, report=report)
+        joined = None
         if self.logprobs_path:  # the released Logprob Parquet: teacher token ids and logprobs by uuid
             joined = SourceReport(str(self.logprobs_path))
-            items = list(join_logprobs(items, self.logprobs_path, on_error=self.on_error, report=joined))
-            self.join_summary = joined.summary()
-        items = list(items)
-        self.read_summary = report.summary()
-        if report.skipped:
-            log.warning("skipped records of %s: %s", self.path, dict(report.skipped))
-        return items
+            items = join_logprobs(items, self.logprobs_path, on_error=self.on_error, report=joined)
+        return items, report, joined
 
-    def _filter(self, items: list[TeacherRecord], samples: list[TokenizedSample]) -> set[str]:
-        """uuids passing the response filters (length counted in student tokens of the templated sample)."""
-        if self.filter_cfg is None:
-            return {t.record.uuid for t in items}
-        inputs = [FilterInput.from_record(t.record, finish_reason=t.finish_reason, has_tool_call=t.has_tool_call,
-                                          has_final=t.extra.get("has_final"), num_student_tokens=len(s))
-                  for t, s in zip(items, samples, strict=True)]
-        kept, report = apply_filters(inputs, build_filters(self.filter_cfg), self.filter_cfg.max_examples)
-        self.filter_report, self.filter_rows = report.summary(), report.table_rows()
-        log.info("filters: kept %d of %d (%s)", report.kept, report.total,
-                 {n: s.dropped for n, s in report.stats.items()})
-        return {x.uuid for x in kept}
-
-    def _build(self) -> list[TokenizedSample]:
-        """Read, tokenize, filter and select (the work the cache saves)."""
-        items = self._read()
-        samples = cache.render_all(self.templater, [t.record for t in items], num_proc=self.num_proc)
-        passed = self._filter(items, samples)
-        by_uuid = {s.uuid: s for s in samples if s.uuid in passed}
-        records, self.selection_report = self.selector.select([t.record for t in items if t.record.uuid in passed])
-        if self.max_samples is not None:
-            records = records[: self.max_samples]
-        if not records:
-            raise ValueError(f"{self.path}: no records left to train on ({self.read_summary}, "
-                             f"filters: {self.filter_report})")
-        return [by_uuid[r.uuid] for r in records]
+    def _build(self, folder: Path) -> None:
+        """Stream read → tokenize → filter into a cache entry, then select. Memory holds the questions and
+        per-sample metadata, never all responses or all tokens."""
+        items, read, joined = self._stream()
+        filters = build_filters(self.filter_cfg) if self.filter_cfg else []
+        freport = FilterReport(order=[f.name for f in filters],
+                               max_examples=self.filter_cfg.max_examples if self.filter_cfg else 0)
+        writer, index, light = cache.CacheWriter(folder), {}, []
+        for t, sample in cache.render_stream(self.templater, items, self.num_proc, record_of=_record_of):
+            x = FilterInput.from_record(t.record, finish_reason=t.finish_reason, has_tool_call=t.has_tool_call,
+                                        has_final=t.extra.get("has_final"), num_student_tokens=len(sample))
+            if apply_filters([x], filters, report=freport)[0]:
+                index[t.record.uuid] = writer.add(sample)
+                light.append(replace(t.record, output=""))  # selection needs the question, not the response
+        selected, selection = self.selector.select(light)
+        selected = selected[: self.max_samples] if self.max_samples is not None else selected
+        report = {"read": read.summary(), "logprob_join": joined.summary() if joined else None,
+                  "filters": freport.summary() if filters else None, "filter_rows": freport.table_rows(),
+                  "selection": selection}
+        if not selected:
+            raise ValueError(f"{self.path}: no records left to train on ({report['read']}, filters: "
+                             f"{report['filters']})")
+        if read.skipped:
+            log.warning("skipped records of %s: %s", self.path, dict(read.skipped))
+        if filters:
+            log.info("filters: kept %d of %d (%s)", freport.kept, freport.total,
+                     {n: st.dropped for n, st in freport.stats.items()})
+        writer.finish([index[r.uuid] for r in selected], report)
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
             return
         folder = self._cache_folder()
-        cached = cache.load(folder) if folder is not None else None
-        if cached is not None:
-            self.samples, saved = cached
-            self.read_summary, self.selection_report = saved["read"], saved["selection"]
-            self.filter_report, self.filter_rows = saved["filters"], saved["filter_rows"]
-            self.join_summary = saved.get("logprob_join")
-            self.cache_report = {"enabled": True, "hit": True, "dir": str(folder)}
-            log.info("tokenized data from cache %s (%d samples)", folder, len(self.samples))
+        cached = cache.load(folder) if self.cache_dir is not None else None
+        self.cache_report = {"enabled": self.cache_dir is not None, "hit": cached is not None, "dir": str(folder)}
+        if cached is None:
+            self._build(folder)
+            cached = cache.load(folder)
         else:
-            self.samples = self._build()
-            if folder is not None:
-                cache.save(folder, self.samples, {"read": self.read_summary, "selection": self.selection_report,
-                                                  "filters": self.filter_report, "filter_rows": self.filter_rows,
-                                                  "logprob_join": self.join_summary})
-                self.cache_report = {"enabled": True, "hit": False, "dir": str(folder)}
+            log.info("tokenized data from cache %s", folder)
+        self.samples, saved = cached
+        self.read_summary, self.join_summary = saved["read"], saved["logprob_join"]
+        self.filter_report, self.filter_rows = saved["filters"], saved["filter_rows"]
+        self.selection_report = saved["selection"]
         packs, self.packing_report = pack_samples(self.samples, self.cutoff_len)
         if not packs:
             raise ValueError(f"{self.path}: every sample is longer than cutoff_len={self.cutoff_len}")

@@ -349,10 +349,13 @@ class FilterReport:
         return [[n, u, d] for n, s in self.stats.items() for u, d in s.examples]
 
 
-def apply_filters(items: Iterable[FilterInput], filters: Sequence[Filter],
-                  max_examples: int = 20) -> tuple[list[FilterInput], FilterReport]:
-    """Keep the items every filter passes; the first failing filter rejects (and counts) an item."""
-    report = FilterReport(order=[f.name for f in filters], max_examples=max_examples)
+def apply_filters(items: Iterable[FilterInput], filters: Sequence[Filter], max_examples: int = 20,
+                  report: FilterReport | None = None) -> tuple[list[FilterInput], FilterReport]:
+    """Keep the items every filter passes; the first failing filter rejects (and counts) an item.
+
+    Pass the ``report`` of earlier calls to filter a stream chunk by chunk into one report.
+    """
+    report = report or FilterReport(order=[f.name for f in filters], max_examples=max_examples)
     kept: list[FilterInput] = []
     for x in items:
         report.total += 1
@@ -365,7 +368,7 @@ def apply_filters(items: Iterable[FilterInput], filters: Sequence[Filter],
                 break
         else:
             kept.append(x)
-    report.kept = len(kept)
+    report.kept += len(kept)
     return kept, report
 
 
