@@ -13,12 +13,14 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="stats")
 def main(cfg: DictConfig) -> None:
-    from dasd.data.records import read_records
+    from dasd.data.sources import SourceReport, iter_generated, iter_released
     from dasd.data.stats import length_report, plot_length_cdf, sample_lengths
     from dasd.data.template import ChatTemplater
     from dasd.models.student import load_tokenizer
 
-    records, read = read_records(cfg.data.path, on_error=cfg.data.on_error)
+    read = SourceReport(cfg.data.path)
+    reader = iter_generated if cfg.data.format == "generated" else iter_released
+    records = (t.record for t in reader(cfg.data.path, on_error=cfg.data.on_error, report=read))  # streamed
     templater = ChatTemplater(load_tokenizer(cfg.student.name_or_path), cfg.data.system_prompt, cfg.data.end_of_turn)
     cutoffs = sorted({*cfg.cutoffs, cfg.data.cutoff_len})
     lengths = sample_lengths(records, templater)
