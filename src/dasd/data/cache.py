@@ -144,11 +144,11 @@ def _render_chunk(args: tuple[ChatTemplater, list[Record]]) -> list[TokenizedSam
     return [templater.render(r) for r in records]
 
 
-def render_stream(templater: ChatTemplater, items: Iterable, num_proc: int = 1, chunk: int = 256,
+def render_stream(templater: ChatTemplater, items: Iterable, num_proc: int = 1, chunk: int = 64,
                   record_of: Callable[[Any], Record] = lambda r: r) -> Iterator[tuple[Any, TokenizedSample]]:
     """Template and tokenize a stream in order on ``num_proc`` processes, yielding ``(item, sample)``;
-    ``record_of(item)`` is the Record to render. At most ``2 × num_proc`` chunks are in flight, so memory
-    does not grow with the stream."""
+    ``record_of(item)`` is the Record to render. At most ``2 × num_proc`` chunks of ``chunk`` records are
+    in flight, so memory does not grow with the stream (it grows with chunk × response length)."""
     chunks = _chunked(items, chunk)
     if num_proc <= 1:
         for part in chunks:
