@@ -1,4 +1,5 @@
-"""The training data pipeline as a LightningDataModule: read → select → template → pack → batch."""
+"""The training data pipeline as a LightningDataModule: read (streamed, validated) → template and tokenize →
+filter → on-disk cache → select → pack → batch."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ class SFTDataModule(L.LightningDataModule):
     """Packed SFT data from a file of records.
 
     Args:
-        path: JSONL file in the released record format.
+        path: JSONL file (released record format, or generate.py shards with source_format="generated").
         tokenizer: the student's tokenizer.
         selector: picks the training response(s) per question (``select(records) -> (records, report)``).
         cutoff_len: pack capacity in tokens; longer samples are dropped and counted.
@@ -42,7 +43,7 @@ class SFTDataModule(L.LightningDataModule):
         seed: order of packs per epoch.
         max_samples: keep only the first N selected records (debugging); None keeps all.
         cache_dir: where tokenized datasets are cached (keyed by the file's sha256, the tokenizer, the
-            template settings and the selector); None disables the cache.
+            template settings, the filters and the selector); None builds into a temporary folder.
         num_proc: processes that tokenize in parallel.
         filters: response filters (spec §4.3) applied before selection; None applies none.
         source_format: "released" (uuid, input, output, domain, meta) or "generated" (generate.py shards,
