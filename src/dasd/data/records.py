@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -50,6 +50,9 @@ class ReadReport:
     skipped: list[str] = field(default_factory=list)
     sha256: str = ""
 
+    def skip(self, error: RecordError) -> None:
+        self.skipped.append(str(error))
+
     def summary(self) -> dict:
         reasons = Counter(s.split(": ", 1)[-1].split(":")[0] for s in self.skipped)
         return {"path": self.path, "read": self.read, "kept": self.kept, "skipped": len(self.skipped),
@@ -70,20 +73,25 @@ def check_record(obj: object, path: Path, line: int) -> Record:
     return Record(*(obj[name] for name in REQUIRED_FIELDS), source=f"{path}:{line}")
 
 
-def read_jsonl(path: str | Path, parse: Callable[[object, Path, int], T], on_error: str = "raise",
-               what: str = "data file") -> tuple[list[T], ReadReport]:
-    """Read a JSONL file, turning each non-blank line into ``parse(obj, path, line)``.
+def _decode_json(raw: bytes, path: Path, line: int) -> object:
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RecordError(path, line, "<json>", f"malformed JSON ({e})") from None
 
-    A malformed line, or a ``RecordError`` from ``parse``, stops the read (``on_error="raise"``) or is
-    skipped and listed in the report (``"skip"``). The report also carries the file's sha256.
+
+def iter_jsonl(path: str | Path, parse: Callable[[object, Path, int], T], on_error: str, report,
+               what: str = "data file", decode: Callable[[bytes, Path, int], object] = _decode_json) -> Iterator[T]:
+    """Stream a JSONL file line by line: ``parse(decode(line), path, line_no)`` for each non-blank line.
+
+    A ``RecordError`` (bad JSON, or raised by ``parse``) stops the read (``on_error="raise"``) or is handed
+    to ``report.skip`` (``"skip"``). ``report`` counts ``read``/``kept`` and gets the file's ``sha256``.
     """
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
-    items: list[T] = []
-    report = ReadReport(path=str(path))
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for line_no, raw in enumerate(f, start=1):
@@ -92,18 +100,22 @@ def read_jsonl(path: str | Path, parse: Callable[[object, Path, int], T], on_err
                 continue
             report.read += 1
             try:
-                try:
-                    obj = json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    raise RecordError(path, line_no, "<json>", f"malformed JSON ({e})") from None
-                items.append(parse(obj, path, line_no))
+                item = parse(decode(raw, path, line_no), path, line_no)
             except RecordError as e:
                 if on_error == "raise":
                     raise
-                report.skipped.append(str(e))
-    report.kept = len(items)
+                report.skip(e)
+                continue
+            report.kept += 1
+            yield item
     report.sha256 = digest.hexdigest()
-    return items, report
+
+
+def read_jsonl(path: str | Path, parse: Callable[[object, Path, int], T], on_error: str = "raise",
+               what: str = "data file") -> tuple[list[T], ReadReport]:
+    """``iter_jsonl`` into a list, with a ``ReadReport`` of what was kept and skipped."""
+    report = ReadReport(path=str(path))
+    return list(iter_jsonl(path, parse, on_error, report, what)), report
 
 
 def read_records(path: str | Path, on_error: str = "raise") -> tuple[list[Record], ReadReport]:

@@ -27,7 +27,6 @@ decode each row group once; records in random order may decode a row group per r
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -39,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dasd.data.records import ON_ERROR, REQUIRED_FIELDS, Record, RecordError
+from dasd.data.records import ON_ERROR, REQUIRED_FIELDS, Record, RecordError, iter_jsonl
 from dasd.data.records import check_record as _check_released
 
 POSITIVE_LOGPROB_TOLERANCE = 1e-6
@@ -91,9 +90,10 @@ class SourceReport:
     examples: dict[str, list[str]] = field(default_factory=dict)
     sha256: str = ""  # of the whole JSONL file, set once the iterator is exhausted
 
-    def skip(self, error: SourceError) -> None:
-        self.skipped[error.reason] += 1
-        examples = self.examples.setdefault(error.reason, [])
+    def skip(self, error: RecordError) -> None:
+        reason = getattr(error, "reason", "schema")
+        self.skipped[reason] += 1
+        examples = self.examples.setdefault(reason, [])
         if len(examples) < MAX_EXAMPLES:
             examples.append(str(error))
 
@@ -206,31 +206,20 @@ def _parse_generated(obj: object, path: Path, line: int) -> TeacherRecord:
 
 def _iter_jsonl(path: str | Path, parse: Callable[[object, Path, int], TeacherRecord], on_error: str,
                 report: SourceReport | None) -> Iterator[TeacherRecord]:
-    """Stream a JSONL file line by line through ``parse``; rejects duplicate uuids (keeps a set of them)."""
+    """Stream a JSONL file through ``parse`` (``records.iter_jsonl``); rejects duplicate uuids (keeps a set)."""
     _check_on_error(on_error)
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
     report = SourceReport(str(path)) if report is None else report
-    digest, seen = hashlib.sha256(), set()
-    with path.open("rb") as f:
-        for line, raw in enumerate(f, start=1):
-            digest.update(raw)
-            if not raw.strip():
-                continue
-            report.read += 1
-            try:
-                item = parse(_decode(raw, path, line), path, line)
-                if item.record.uuid in seen:
-                    raise SourceError(path, line, "uuid", f"duplicate uuid {item.record.uuid!r} (seen on an "
-                                      "earlier line)", "duplicate")
-            except SourceError as e:
-                _handle(e, on_error, report)
-                continue
-            seen.add(item.record.uuid)
-            report.kept += 1
-            yield item
-    report.sha256 = digest.hexdigest()
+    seen: set[str] = set()
+
+    def checked(obj: object, path: Path, line: int) -> TeacherRecord:
+        item = parse(obj, path, line)
+        if item.record.uuid in seen:
+            raise SourceError(path, line, "uuid", f"duplicate uuid {item.record.uuid!r} (seen on an earlier line)",
+                              "duplicate")
+        seen.add(item.record.uuid)
+        return item
+
+    return iter_jsonl(path, checked, on_error, report, decode=_decode)
 
 
 def iter_released(path: str | Path, on_error: str = "raise",
