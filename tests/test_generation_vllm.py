@@ -84,3 +84,18 @@ def test_generate_cli_with_vllm(tmp_path):
     rows = [json.loads(x) for x in shard.read_text().splitlines()]
     assert len(rows) == 18 and all(len(r["token_ids"]) == len(r["logprobs"]) for r in rows)
     assert len({r["seed"] for r in rows}) == 18 and {r["logprob_mode"] for r in rows} == {"raw"}
+
+
+def test_score_batch_agrees_with_one_by_one_hf_scores(engines):
+    """One batched vLLM call scores several (prompt, completion) pairs of different lengths, an empty
+    completion included, exactly as HF scores each pair alone."""
+    hf, vl = engines
+    tok = hf.tokenizer
+    items = [(tok.encode(f"<|im_start|>user\nadd {a} and {b}<|im_end|>\n<|im_start|>assistant\n"),
+              tok.encode(f"<think>\n{a} + {b} = {a + b}.\n</think>\n\n" * n + "<|im_end|>")) for a, b, n in
+             [(3, 4, 1), (10, 20, 3), (7, 8, 2)]]
+    items.insert(1, (items[0][0], []))
+    batched = vl.score_batch(items)
+    assert batched[1] == []
+    for (prompt, completion), got in zip(items, batched, strict=True):
+        assert got == pytest.approx(hf.score(prompt, completion), abs=LOGPROB_ATOL)

@@ -74,3 +74,15 @@ def test_deepspeed_zero3_stage1_end_to_end(tmp_path):
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "completed"
     model = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints" / "hf" / "final")
     assert sum(p.numel() for p in model.parameters()) > 0 and all(p.numel() for p in model.parameters())
+
+
+def test_das_student_scoring_on_gpu_matches_cpu(tiny_path, tokenizer):
+    """The HF engine's chunked teacher-forced scoring (DAS's student side) gives the same token logprobs on a
+    GPU as on the CPU (fp32; tolerance for kernel differences)."""
+    from dasd.generation.hf import HFEngine
+
+    prompt = tokenizer.encode("<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n")
+    completion = tokenizer.encode("<think>\nWe add 2 and 3. The sum is 5.\n</think>\n\n\\boxed{5}") * 40
+    cpu = HFEngine(tiny_path, device="cpu", dtype="float32", score_chunk_size=64).score(prompt, completion)
+    gpu = HFEngine(tiny_path, device="cuda", dtype="float32", score_chunk_size=64).score(prompt, completion)
+    torch.testing.assert_close(torch.tensor(gpu), torch.tensor(cpu), rtol=1e-3, atol=1e-3)

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
+from filelock import FileLock
 from transformers import PreTrainedTokenizerBase
 
 from dasd.data import cache
@@ -26,6 +27,12 @@ CACHE_VERSION = 1  # bump when the tokenized format or the rendering changes
 
 def _record_of(item: TeacherRecord):
     return item.record
+
+
+def _selector_identity(selector) -> tuple:
+    """What the cached selection depends on: ``cache_identity()`` when the selector has one, else its fields."""
+    identity = getattr(selector, "cache_identity", None)
+    return (type(selector).__name__, identity() if identity else vars(selector))
 
 
 class SFTDataModule(L.LightningDataModule):
@@ -76,6 +83,7 @@ class SFTDataModule(L.LightningDataModule):
         self.selection_report: dict = {}
         self.cache_report: dict = {"enabled": cache_dir is not None}
         self.packing_report: PackingReport | None = None
+        self.folder: Path | None = None  # the cache entry (selection artifacts such as DAS details live there)
 
     def _cache_folder(self) -> Path:
         """The cache entry for these inputs and settings (a private temporary folder when caching is off)."""
@@ -84,7 +92,7 @@ class SFTDataModule(L.LightningDataModule):
             return Path(self._tmp.name) / "data"
         key = cache.cache_key(file=cache.file_sha256(self.path), tokenizer=cache.tokenizer_fingerprint(self.tokenizer),
                               system_prompt=self.templater.system_prompt, end_of_turn=self.templater.end_of_turn,
-                              selector=(type(self.selector).__name__, vars(self.selector)),
+                              selector=_selector_identity(self.selector),
                               max_samples=self.max_samples, on_error=self.on_error, format=self.source_format,
                               filters=self.filter_cfg.to_dict() if self.filter_cfg else None,
                               logprobs=cache.file_sha256(self.logprobs_path) if self.logprobs_path else None,
@@ -109,12 +117,18 @@ class SFTDataModule(L.LightningDataModule):
         freport = FilterReport(order=[f.name for f in filters],
                                max_examples=self.filter_cfg.max_examples if self.filter_cfg else 0)
         writer, index, light = cache.CacheWriter(folder), {}, []
+        observe = getattr(self.selector, "observe", None)  # DAS scores each kept candidate as it streams by
+        if hasattr(self.selector, "bind"):
+            self.selector.bind(data=self._data_identity(), system_prompt=self.templater.system_prompt,
+                               end_of_turn=self.templater.end_of_turn)
         for t, sample in cache.render_stream(self.templater, items, self.num_proc, record_of=_record_of):
             x = FilterInput.from_record(t.record, finish_reason=t.finish_reason, has_tool_call=t.has_tool_call,
                                         has_final=t.extra.get("has_final"), num_student_tokens=len(sample))
             if apply_filters([x], filters, report=freport)[0]:
                 index[t.record.uuid] = writer.add(sample)
                 light.append(replace(t.record, output=""))  # selection needs the question, not the response
+                if observe is not None:
+                    observe(t)
         selected, selection = self.selector.select(light)
         selected = selected[: self.max_samples] if self.max_samples is not None else selected
         report = {"read": read.summary(), "logprob_join": joined.summary() if joined else None,
@@ -128,7 +142,13 @@ class SFTDataModule(L.LightningDataModule):
         if filters:
             log.info("filters: kept %d of %d (%s)", freport.kept, freport.total,
                      {n: st.dropped for n, st in freport.stats.items()})
+        if hasattr(self.selector, "write_artifacts"):
+            self.selector.write_artifacts(writer.tmp)
         writer.finish([index[r.uuid] for r in selected], report)
+
+    def _data_identity(self) -> dict:
+        return {"file": cache.file_sha256(self.path), "format": self.source_format,
+                "logprobs": cache.file_sha256(self.logprobs_path) if self.logprobs_path else None}
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
@@ -137,10 +157,15 @@ class SFTDataModule(L.LightningDataModule):
         cached = cache.load(folder) if self.cache_dir is not None else None
         self.cache_report = {"enabled": self.cache_dir is not None, "hit": cached is not None, "dir": str(folder)}
         if cached is None:
-            self._build(folder)
-            cached = cache.load(folder)
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(folder) + ".lock"):  # concurrent ranks/jobs: one builds, the others load its result
+                cached = cache.load(folder) if self.cache_dir is not None else None
+                if cached is None:
+                    self._build(folder)
+                    cached = cache.load(folder)
         else:
             log.info("tokenized data from cache %s", folder)
+        self.folder = folder
         self.samples, saved = cached
         self.read_summary, self.join_summary = saved["read"], saved["logprob_join"]
         self.filter_report, self.filter_rows = saved["filters"], saved["filter_rows"]

@@ -100,6 +100,10 @@ class Engine(ABC):
     def score(self, prompt_token_ids: list[int], completion_token_ids: list[int]) -> list[float]:
         """Teacher-forced log-probability (raw distribution) of each completion token given everything before it."""
 
+    def score_batch(self, items: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+        """``score`` for many (prompt, completion) pairs; engines that batch (vLLM) override it."""
+        return [self.score(prompt, completion) for prompt, completion in items]
+
     def close(self) -> None:  # noqa: B027 (optional hook: engines without resources keep the default)
         """Release the model (memory, processes)."""
 

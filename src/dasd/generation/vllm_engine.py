@@ -99,13 +99,22 @@ class VLLMEngine(Engine):
 
     def score(self, prompt_token_ids: list[int], completion_token_ids: list[int]) -> list[float]:
         """Raw log-probabilities of the completion tokens (vLLM's prompt logprobs, teacher-forced)."""
-        if not completion_token_ids:
-            return []
-        ids = list(prompt_token_ids) + list(completion_token_ids)
+        return self.score_batch([(prompt_token_ids, completion_token_ids)])[0]
+
+    def score_batch(self, items: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+        """Score many (prompt, completion) pairs in one ``generate`` call (vLLM schedules them together)."""
+        todo = [i for i, (_, completion) in enumerate(items) if completion]
+        out: list[list[float]] = [[] for _ in items]
+        if not todo:
+            return out
         params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        out = self.llm.generate([self._vllm.TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)[0]
-        steps = out.prompt_logprobs[len(prompt_token_ids):]
-        return [step[t].logprob for step, t in zip(steps, completion_token_ids, strict=True)]
+        prompts = [self._vllm.TokensPrompt(prompt_token_ids=list(items[i][0]) + list(items[i][1])) for i in todo]
+        results = self.llm.generate(prompts, params, use_tqdm=False)
+        for i, res in zip(todo, results, strict=True):
+            prompt, completion = items[i]
+            steps = res.prompt_logprobs[len(prompt):]
+            out[i] = [step[t].logprob for step, t in zip(steps, completion, strict=True)]
+        return out
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig
 
+from dasd.das import artifacts as das_artifacts
 from dasd.data.datamodule import SFTDataModule
 from dasd.data.filters import FilterConfig
 from dasd.models.student import StudentSpec, load_tokenizer
@@ -87,12 +88,17 @@ def train(cfg: DictConfig) -> dict:
     module = SFTModule(StudentSpec(name_or_path=plan.init_from, **OmegaConf.to_container(cfg.student.load)),
                        OptimConfig(**OmegaConf.to_container(cfg.optim)))
     trainer = _trainer(cfg, plan, tokenizer, strategy)
+    das_outputs = None
     if trainer.is_global_zero:
         (plan.run_dir / "data_report.json").write_text(json.dumps(dm.report(), indent=2))
+        if das_artifacts.has_artifacts(dm.folder):  # sampler=divergence: figures, summary, example sentences
+            das_outputs = das_artifacts.publish(dm.folder, plan.run_dir / "das", cfg.sampler.beta)
     for lg in trainer.loggers:  # counts of every data stage (read, skipped, filtered, selected, packed, dropped)
         lg.log_hyperparams({"data_report": dm.report()})
         if isinstance(lg, WandbLogger) and dm.filter_rows:
             lg.log_table(key="data/filter_drops", columns=["reason", "uuid", "detail"], data=dm.filter_rows)
+        if isinstance(lg, WandbLogger) and das_outputs:
+            das_artifacts.log_to_wandb(lg, *das_outputs)
     if trainer.is_global_zero:
         manifest.update(status="running", stage=cfg.stage.id, run_dir=str(plan.run_dir), config=plan.config,
                         config_hash=plan.config_hash, parent=plan.parent, data=dm.report(), versions=versions(),
