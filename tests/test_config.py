@@ -67,7 +67,7 @@ def test_numeric_stage_override(tmp_path):
         ["stage='2'", "stage='1','2'", "train.epochs=2", "+stage='1'"]
     cfg = compose_cfg(["stage=2"], tmp_path)
     assert cfg.stage.id == 2 and cfg.stage.temperature == 1.0 and cfg.stage.init_from == "auto"
-    assert cfg.data.path.endswith("sample_T1.0.jsonl")
+    assert cfg.data.path.endswith("pool_T1.0.jsonl")
 
 
 @pytest.mark.parametrize("name", ["deepspeed_zero3", "deepspeed_zero3_offload"])

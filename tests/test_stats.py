@@ -46,5 +46,5 @@ def test_stats_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     run_dir = tmp_path / "outputs" / "default" / "stats_sample"
     report = json.loads((run_dir / "length_stats.json").read_text())
-    assert report["lengths"]["math"]["count"] == 300 and "150" in report["lengths"]["all"]["dropped_share"]
+    assert report["lengths"]["math"]["count"] == 600 and "150" in report["lengths"]["all"]["dropped_share"]
     assert (run_dir / "length_cdf.png").stat().st_size > 1000

@@ -81,7 +81,7 @@ def test_stage1_then_stage2_end_to_end(tmp_path):
     m2 = json.loads((s2 / "manifest.json").read_text())
     assert m2["status"] == "completed" and m2["parent"]["init_from"] == str(final)
     assert m2["parent"]["config_hash"] == manifest["config_hash"]
-    assert m2["config"]["data"]["path"].endswith("sample_T1.0.jsonl")
+    assert m2["config"]["data"]["path"].endswith("pool_T1.0.jsonl")
     rows2 = metrics(s2)
     assert rows2[0]["train/lr"] == 0.0  # fresh schedule: warmup starts again from zero
     # it starts from stage 1's weights: its first loss is far below a random model's ln(1024) ≈ 6.9
@@ -158,9 +158,9 @@ def test_bad_input_names_file_line_and_field(tmp_path):
     """A record missing a field stops the run with file:line and field; data.on_error=skip counts it."""
     bad = write_jsonl(tmp_path / "bad.jsonl", [make_record(1), make_record(2), {"uuid": "x", "input": "q"},
                                                "{not json", make_record(3)])
-    proc = run_train(tmp_path, f"data.path={bad}", check=False)
+    proc = run_train(tmp_path, f"data.path={bad}", "data.format=released", check=False)
     assert proc.returncode != 0 and f"{bad}:3: field 'output': missing" in proc.stderr
-    run_train(tmp_path, f"data.path={bad}", "data.on_error=skip", "train.epochs=1", "logger=none")
+    run_train(tmp_path, f"data.path={bad}", "data.format=released", "data.on_error=skip", "train.epochs=1", "logger=none")
     manifest = json.loads((tmp_path / "outputs" / "default" / "stage1" / "manifest.json").read_text())
     assert manifest["data"]["read"]["skipped"] == 2 and manifest["data"]["read"]["kept"] == 3
 

@@ -86,7 +86,7 @@ class DivergenceSelector:
                  scoring_student: str | None = None, teacher_tokenizer: str | None = None,
                  teacher_format: str = "plain", engine: str = "hf", engine_args: dict | None = None,
                  batch_size: int = 8, flush_every: int = 512, store_dir: str | None = None, min_chars: int = 3,
-                 num_examples: int = 6, on_error: str = "raise") -> None:
+                 num_examples: int = 6, on_error: str = "raise", name: str = "divergence") -> None:
         if rule not in RULES:
             raise ValueError(f"sampler.rule must be one of {RULES}, got {rule!r}")
         if engine not in ENGINES:
@@ -95,7 +95,7 @@ class DivergenceSelector:
             raise ValueError(f"sampler.teacher_format must be plain or harmony, got {teacher_format!r}")
         if scoring_student is None:
             raise ValueError("sampler.scoring_student is required (the pre-distillation student)")
-        self.beta, self.rule, self.seed = float(beta), rule, seed
+        self.name, self.beta, self.rule, self.seed = name, float(beta), rule, seed
         self.scoring_student, self.teacher_tokenizer_name = scoring_student, teacher_tokenizer
         self.teacher_format, self.engine_name, self.engine_args = teacher_format, engine, dict(engine_args or {})
         self.batch_size, self.flush_every, self.min_chars = batch_size, flush_every, min_chars

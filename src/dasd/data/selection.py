@@ -30,8 +30,8 @@ class RandomSelector:
 
     name = "random"
 
-    def __init__(self, seed: int = 42) -> None:
-        self.seed = seed
+    def __init__(self, seed: int = 42, name: str = "random") -> None:
+        self.seed, self.name = seed, name
 
     def select(self, records: list[Record]) -> tuple[list[Record], dict]:
         groups: dict[str, list[Record]] = defaultdict(list)

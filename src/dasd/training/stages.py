@@ -28,7 +28,9 @@ log = get_logger(__name__)
 # Config keys that do not change what is trained (a resume may change them freely).
 NON_TRAINING_KEYS = ("resume", "logger", "paths", "tags", "train.save_every_n_steps", "train.plot_every_n_steps",
                      "train.progress_refresh_rate", "train.keep_hf_checkpoints", "trainer.enable_progress_bar",
-                     "data.cache", "data.num_proc", "data.num_workers")
+                     "data.cache", "data.num_proc", "data.num_workers", "data_only", "sampler.engine",
+                     "sampler.engine_args", "sampler.batch_size", "sampler.flush_every", "sampler.num_examples",
+                     "sampler.store_dir")
 
 
 @dataclass

@@ -72,8 +72,34 @@ def _trainer(cfg: DictConfig, plan: StagePlan, tokenizer, strategy) -> L.Trainer
                      default_root_dir=str(plan.run_dir), log_every_n_steps=1, num_sanity_val_steps=0)
 
 
+def prepare_data(cfg: DictConfig) -> dict:
+    """``data_only=true``: read, filter, score (DAS) and select the stage's data into the cache, write
+    ``data_report.json`` and the sampler's figures to the run dir, and stop before any model is trained.
+    The next ``train.py`` with the same data settings starts from the cached selection."""
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+    dm = _datamodule(cfg, load_tokenizer(cfg.student.name_or_path))  # every stage's checkpoint has this tokenizer
+    dm.setup("fit")
+    report = dm.report()
+    (run_dir / "data_report.json").write_text(json.dumps(report, indent=2))
+    outputs = {"data_report": str(run_dir / "data_report.json")}
+    if das_artifacts.has_artifacts(dm.folder):
+        paths, _ = das_artifacts.publish(dm.folder, run_dir / "das", cfg.sampler.beta)
+        outputs.update({k: str(v) for k, v in paths.items()})
+    Manifest(run_dir / "manifest.json").update(
+        status="data_only", stage=cfg.stage.id, run_dir=str(run_dir),
+        config=OmegaConf.to_container(cfg, resolve=True), data=report, versions=versions(),
+        git=git_revision(Path(__file__).parent), outputs=outputs)
+    log.info("data ready (no training: data_only=true): %d samples selected; report in %s",
+             report["selection"].get("selected", 0), run_dir)
+    return {}
+
+
 def train(cfg: DictConfig) -> dict:
     """Run one training stage. Returns the final metrics (also written to the run's manifest.json)."""
+    if cfg.get("data_only"):
+        return prepare_data(cfg)
     plan = plan_stage(cfg)
     manifest = Manifest(plan.run_dir / "manifest.json")
     if plan.already_completed:
