@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from test_train import run_train
+from cli import run_train
 from wandb_offline import read_history, run_files
 
 

@@ -11,8 +11,8 @@ import json
 
 import pytest
 import torch
+from cli import metrics, run_train
 from conftest import make_record
-from test_train import metrics, run_train
 from transformers import AutoModelForCausalLM
 
 from dasd.data.packing import PackCollator, PackedDataset, pack_samples
@@ -76,13 +76,17 @@ def test_deepspeed_zero3_stage1_end_to_end(tmp_path):
     assert sum(p.numel() for p in model.parameters()) > 0 and all(p.numel() for p in model.parameters())
 
 
-def test_das_student_scoring_on_gpu_matches_cpu(tiny_path, tokenizer):
-    """The HF engine's chunked teacher-forced scoring (DAS's student side) gives the same token logprobs on a
-    GPU as on the CPU (fp32; tolerance for kernel differences)."""
+def test_das_student_scoring_on_gpu_is_exact(tiny_path, tokenizer):
+    """The HF engine's chunked teacher-forced scoring on a GPU (DAS's student side) equals the log-softmax of
+    the full logits of one forward pass (fp32)."""
     from dasd.generation.hf import HFEngine
 
     prompt = tokenizer.encode("<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n")
     completion = tokenizer.encode("<think>\nWe add 2 and 3. The sum is 5.\n</think>\n\n\\boxed{5}") * 40
-    cpu = HFEngine(tiny_path, device="cpu", dtype="float32", score_chunk_size=64).score(prompt, completion)
-    gpu = HFEngine(tiny_path, device="cuda", dtype="float32", score_chunk_size=64).score(prompt, completion)
-    torch.testing.assert_close(torch.tensor(gpu), torch.tensor(cpu), rtol=1e-3, atol=1e-3)
+    engine = HFEngine(tiny_path, device="cuda", dtype="float32", score_chunk_size=64)
+    got = torch.tensor(engine.score(prompt, completion))
+    ids = torch.tensor([prompt + completion], device="cuda")
+    with torch.no_grad():
+        logp = torch.log_softmax(engine.model(ids, use_cache=False).logits[0].float(), -1)
+    want = logp[len(prompt) - 1:-1].gather(-1, ids[0, len(prompt):, None]).squeeze(-1).cpu()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

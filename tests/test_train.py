@@ -6,13 +6,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from cli import QUIET, REPO, metrics, run_train, train_cmd  # noqa: F401
 from conftest import make_record, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from wandb_offline import read_history, run_files
@@ -22,28 +22,6 @@ from dasd.data.selection import RandomSelector
 from dasd.models.student import StudentSpec
 from dasd.training.module import SFTModule
 from dasd.training.optim import OptimConfig
-
-REPO = Path(__file__).resolve().parent.parent
-QUIET = ["trainer.enable_progress_bar=false"]
-
-
-def train_cmd(out: Path, *overrides: str) -> list[str]:
-    flags = [o for o in overrides if o.startswith("-")]  # Hydra flags (-m) come before the overrides
-    rest = [o for o in overrides if not o.startswith("-")]
-    return [sys.executable, str(REPO / "train.py"), *flags, f"paths.root_dir={out}", *QUIET, *rest]
-
-
-def run_train(out: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"}
-    proc = subprocess.run(train_cmd(out, *overrides), cwd=out, env=env, capture_output=True, text=True,
-                          timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_stage1_then_stage2_end_to_end(tmp_path):

@@ -30,6 +30,7 @@ class StepBatchSampler:
         self.micro, self.accumulate = micro_batch_size, accumulate
         self.world, self.rank, self.seed, self.shuffle = world_size, rank, seed, shuffle
         self.epoch = 0
+        self.batch_size = micro_batch_size  # packs per micro-batch (read by Lightning's DeepSpeed strategy)
         self._skip: tuple[int, int] | None = None  # (epoch, micro-batches already consumed)
         n, width = len(self.pack_tokens), micro_batch_size * world_size
         self.repeated = (-n) % width if world_size > 1 else 0

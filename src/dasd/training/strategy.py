@@ -35,7 +35,7 @@ def zero3_config(hidden_size: int, offload: bool = False, **overrides: Any) -> d
 
 
 def build_strategy(name: str, hidden_size: int | None = None, offload: bool = False,
-                   zero_overrides: dict | None = None, **kwargs: Any):
+                   zero_overrides: dict | None = None, micro_batch_size: int = 1, **kwargs: Any):
     """Return a Lightning strategy (or its name) for ``strategy=<name>``.
 
     auto / ddp: passed to the Trainer by name. deepspeed_zero3[_offload]: a ``DeepSpeedStrategy``; fails at
@@ -51,6 +51,8 @@ def build_strategy(name: str, hidden_size: int | None = None, offload: bool = Fa
         except ImportError as e:
             raise ImportError(f"strategy={name} needs deepspeed: pip install -e '.[gpu]'") from e
         config = zero3_config(hidden_size or 4096, offload=offload, **(zero_overrides or {}))
+        # set here: Lightning would otherwise read it off the data loader's batch sampler
+        config["train_micro_batch_size_per_gpu"] = micro_batch_size
         strategy = DeepSpeedStrategy(config=config, **kwargs)
         # transformers must see the ZeRO-3 config *before* from_pretrained so that each rank loads only
         # its shard (lessons §4.8); the object must stay alive, hence kept on the strategy.

@@ -57,7 +57,8 @@ def _strategy(cfg: DictConfig, init_from: str):
     s = OmegaConf.to_container(cfg.strategy, resolve=True)
     hidden = AutoConfig.from_pretrained(init_from).hidden_size if s["name"].startswith("deepspeed") else None
     return build_strategy(s.pop("name"), hidden_size=hidden, offload=s.pop("offload", False),
-                          zero_overrides=s.pop("zero_overrides", None), **s)
+                          zero_overrides=s.pop("zero_overrides", None), micro_batch_size=cfg.train.micro_batch_size,
+                          **s)
 
 
 def _trainer(cfg: DictConfig, plan: StagePlan, tokenizer, strategy) -> L.Trainer:
