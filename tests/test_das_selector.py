@@ -205,3 +205,44 @@ def test_vllm_scoring_selects_what_hf_scoring_selects(pool, tokenizer, tiny_path
     for uuid, sa in a.items():
         np.testing.assert_array_equal(sa.s_num, b[uuid].s_num)
         np.testing.assert_allclose(sa.s_sum, b[uuid].s_sum, atol=2e-3 * max(1, sa.s_num.max()))
+
+
+def test_released_data_with_harmony_logprobs(tokenizer, tiny_path, tmp_path):
+    """The released layout: SFT JSONL + the Logprob Parquet (gpt-oss token ids from the analysis content on,
+    harmony control tokens included). With teacher_format=harmony the ids are converted to the think form,
+    checked against ``output``, and only content tokens are placed in sentences."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from test_harmony import _harmony_tokenizer, enc, final_msg
+
+    tok = _harmony_tokenizer()
+    tok.save_pretrained(tmp_path / "gpt_oss_like")
+    rows, table = [], {"sample_uuid": [], "token_ids": [], "logprobs": []}
+    for q in range(4):
+        for k in range(2):
+            analysis = " ".join(s.format(q=q, s=2 * q) for s in SENTENCES[:2 + k])
+            ids = enc(tok, analysis, "<|end|>", *final_msg(f"The answer is \\boxed{{{2 * q}}}."))
+            uuid = f"r{q}-{k}"
+            rows.append({"uuid": uuid, "input": f"What is {q} + {q}?", "domain": "math", "meta": "{}",
+                         "output": f"<think>\n{analysis}\n</think>\n\nThe answer is \\boxed{{{2 * q}}}."})
+            table["sample_uuid"].append(uuid)
+            table["token_ids"].append(ids)
+            table["logprobs"].append([-0.01 * (i % 7) for i in range(len(ids))])
+    data = write_jsonl(tmp_path / "released.jsonl", rows)
+    pq.write_table(pa.table(table), tmp_path / "logprobs.parquet")
+    selector = DivergenceSelector(scoring_student=tiny_path, teacher_tokenizer=str(tmp_path / "gpt_oss_like"),
+                                  teacher_format="harmony", store_dir=str(tmp_path / "scores"),
+                                  engine_args={"device": "cpu"})
+    dm = SFTDataModule(str(data), tokenizer, selector, cutoff_len=512, system_prompt=SYSTEM,
+                       cache_dir=str(tmp_path / "cache"), logprobs_path=str(tmp_path / "logprobs.parquet"))
+    dm.setup("fit")
+    assert sorted(s.uuid for s in dm.samples) == [f"r{q}-1" for q in range(4)]  # the longer analysis wins
+    control = {tok.convert_tokens_to_ids(t) for t in ("<|end|>", "<|start|>", "<|channel|>", "<|message|>",
+                                                       "<|return|>")}
+    for sc in ScoreStore(next((tmp_path / "scores").iterdir())):
+        ids, lps = table["token_ids"][table["sample_uuid"].index(sc.uuid)], \
+            table["logprobs"][table["sample_uuid"].index(sc.uuid)]
+        assert math.isclose(sc.t_total, sum(lps), abs_tol=1e-9) and sc.t_tokens == len(ids)
+        header = len(tok.encode("assistant", add_special_tokens=False)) + len(tok.encode("final",
+                                                                                        add_special_tokens=False))
+        assert sc.t_num.sum() == len(ids) - sum(i in control for i in ids) - header

@@ -188,10 +188,10 @@ def test_grad_accumulation_equals_one_big_batch(tmp_path, tokenizer, tiny_path):
 
 @pytest.mark.slow
 def test_default_run_learns(tmp_path):
-    """The README's `python train.py` (300 samples, 3 epochs) brings the loss from ≈ln(1024) below 2."""
+    """The README's `python train.py` (150 pool samples, 3 epochs) brings the loss from ≈ln(1024) below 3."""
     run_train(tmp_path)
     rows = metrics(tmp_path / "outputs" / "default" / "stage1")
-    assert rows[0]["train/loss"] > 6.0 and rows[-1]["train/loss"] < 2.0
+    assert rows[0]["train/loss"] > 6.0 and sum(r["train/loss"] for r in rows[-5:]) / 5 < 3.0
 
 
 def test_ddp_two_ranks_equals_accumulation(tmp_path):
