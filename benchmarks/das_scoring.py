@@ -40,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from memory_meters import CudaMemory, HostMemory
+
 MIB = 2**20
 WORKER_MARK = "DAS_SCORING_RESULT "
 # Qwen3's vocabulary and a CPU-sized body (the head is the real size; the body is not)
@@ -129,63 +131,6 @@ def build_model(folder: str, seed: int, arch: str = "small") -> None:
     for name in TOKENIZER_FILES:
         if (tiny / name).exists():
             shutil.copy(tiny / name, Path(folder) / name)
-
-
-class HostMemory:
-    """RSS of this process from ``/proc/self/status``; the peak (VmHWM) is reset through
-    ``/proc/self/clear_refs`` so that each call (and each phase of it) gets its own peak."""
-
-    counter = "VmHWM (peak RSS) reset per call via /proc/self/clear_refs; MALLOC_MMAP_THRESHOLD_=131072"
-
-    @staticmethod
-    def _status(key: str) -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError(f"{key} not in /proc/self/status")
-
-    def current(self) -> int:
-        return self._status("VmRSS")
-
-    def peak(self) -> int:
-        return self._status("VmHWM")
-
-    def reset(self) -> bool:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            return False
-        return True
-
-
-class CudaMemory:
-    """Bytes of live tensors in torch's CUDA caching allocator; peak reset per call and phase."""
-
-    counter = "torch.cuda.max_memory_allocated, reset per call and phase (reset_peak_memory_stats)"
-
-    def current(self) -> int:
-        import torch
-
-        torch.cuda.synchronize()
-        return torch.cuda.memory_allocated()
-
-    def peak(self) -> int:
-        import torch
-
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated()
-
-    def reserved_peak(self) -> int:
-        import torch
-
-        return torch.cuda.max_memory_reserved()
-
-    def reset(self) -> bool:
-        import torch
-
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        return True
 
 
 def score_worker(args: argparse.Namespace) -> None:

@@ -38,6 +38,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from memory_meters import CudaMemory, HostMemory
+
 MIB = 2**20
 NOISY_SPREAD = 1.25  # fastest / slowest run of one arm above this: warn that the machine was busy
 SCORE_ATOL_CHUNKS = 1e-4  # HF scores at different chunk sizes: same numbers up to summation order
@@ -134,58 +136,6 @@ def vocab_and_hidden(model_path: str) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------------------------- memory
-
-
-class HostMemory:
-    """Resident memory of this process (``/proc/self/status``); the peak (VmHWM) is reset through
-    ``/proc/self/clear_refs`` (Linux >= 4.0) so that each phase gets its own peak."""
-
-    counter = "VmHWM (peak RSS), reset per phase via /proc/self/clear_refs"
-
-    @staticmethod
-    def _status(key: str) -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError(f"{key} not in /proc/self/status")
-
-    def current(self) -> int:
-        return self._status("VmRSS")
-
-    def peak(self) -> int:
-        return self._status("VmHWM")
-
-    def reset(self) -> bool:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            return False
-        return True
-
-
-class CudaMemory:
-    """Bytes held by torch's CUDA caching allocator (live tensors), peak reset per phase."""
-
-    counter = "torch.cuda.max_memory_allocated, reset per phase"
-
-    def current(self) -> int:
-        import torch
-
-        torch.cuda.synchronize()
-        return torch.cuda.memory_allocated()
-
-    def peak(self) -> int:
-        import torch
-
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated()
-
-    def reset(self) -> bool:
-        import torch
-
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        return True
 
 
 def memory_worker(args: argparse.Namespace) -> dict:

@@ -101,15 +101,15 @@ def wrap_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
     )
 
 
-def build_model(tokenizer: PreTrainedTokenizerBase, seed: int) -> Qwen3ForCausalLM:
-    """Randomly initialise the tiny Qwen3 whose embedding matches the tokenizer."""
+def build_model(tokenizer: PreTrainedTokenizerBase, seed: int, architecture: dict | None = None) -> Qwen3ForCausalLM:
+    """Randomly initialise a tiny Qwen3 (``ARCHITECTURE`` unless given) whose embedding matches the tokenizer."""
     config = Qwen3Config(
         vocab_size=len(tokenizer),
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.eos_token_id,
         dtype="float32",
-        **ARCHITECTURE,
+        **(architecture or ARCHITECTURE),
     )
     torch.manual_seed(seed)
     return Qwen3ForCausalLM(config).eval()

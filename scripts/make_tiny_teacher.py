@@ -19,37 +19,34 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _student_script():
+    """scripts/make_tiny_student.py (scripts/ is not a package): the shared ChatML tokenizer and model code."""
+    spec = importlib.util.spec_from_file_location("dasd_make_tiny_student", ROOT / "scripts" / "make_tiny_student.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_student = _student_script()
+PAD, IM_START, IM_END, THINK_TOKENS = _student.PAD, _student.IM_START, _student.IM_END, _student.THINK_TOKENS
+iter_training_text, wrap_tokenizer = _student.iter_training_text, _student.wrap_tokenizer
 ASSETS = ROOT / "src" / "dasd" / "assets"
 VOCAB_SIZE = 1536  # upper bound given to the BPE trainer (the sample data yields 1030 tokens)
-PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
-THINK_TOKENS = ("<think>", "</think>")
-THINK_SPLIT = re.compile("|".join(re.escape(t) for t in THINK_TOKENS))
 SAMPLE_FILES = ("sample_T0.6.jsonl", "sample_T1.0.jsonl")
-
-# ChatML as in Qwen2.5/Qwen3-Instruct, minus tools and default system prompt: content is emitted verbatim.
-CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{%- endif %}"
-)
 
 ARCHITECTURE = {
     "hidden_size": 192,
@@ -70,16 +67,6 @@ ARCHITECTURE = {
 EPOCHS = 3
 LR = 3.0e-3
 MIN_LR = 1.0e-4
-
-
-def iter_training_text(data_dir: Path) -> Iterator[str]:
-    """Yield the ``input`` and ``output`` texts of every sample file, cut at ``<think>``/``</think>``."""
-    for path in sorted(data_dir.glob("*.jsonl")):
-        with path.open(encoding="utf-8") as f:
-            for line in f:
-                record = json.loads(line)
-                for text in (record["input"], record["output"]):
-                    yield from (piece for piece in THINK_SPLIT.split(text) if piece)
 
 
 def train_bpe(data_dir: Path) -> Tokenizer:
@@ -103,33 +90,6 @@ def train_bpe(data_dir: Path) -> Tokenizer:
     # The sample data supports fewer merges than VOCAB_SIZE asks for: once every word is a single token and
     # every digit its own piece, BPE has nothing left to merge. The vocabulary is what the data gives (1030).
     return tokenizer
-    return tokenizer
-
-
-def wrap_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        eos_token=IM_END,
-        pad_token=PAD,
-        bos_token=None,
-        extra_special_tokens=[IM_START],
-        model_max_length=32768,
-        chat_template=CHAT_TEMPLATE,
-        clean_up_tokenization_spaces=False,
-    )
-
-
-def build_model(tokenizer: PreTrainedTokenizerBase, seed: int) -> Qwen3ForCausalLM:
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.eos_token_id,
-        dtype="float32",
-        **ARCHITECTURE,
-    )
-    torch.manual_seed(seed)
-    return Qwen3ForCausalLM(config).eval()
 
 
 def concat_samples(data_dir: Path, out: Path) -> int:
@@ -176,7 +136,7 @@ def main() -> None:
         shutil.rmtree(runs_dir)  # no resume from an older run
 
     tokenizer = wrap_tokenizer(train_bpe(args.data_dir))
-    model = build_model(tokenizer, args.seed)
+    model = _student.build_model(tokenizer, args.seed, ARCHITECTURE)
     tokenizer.save_pretrained(init_dir)
     model.save_pretrained(init_dir)
     n_params = sum(p.numel() for p in model.parameters())
