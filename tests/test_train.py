@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -206,3 +207,15 @@ def test_ddp_two_ranks_equals_accumulation(tmp_path):
     ddp, single = ddp[:-1], single[:-1]
     assert [r["train/loss"] for r in ddp] == pytest.approx([r["train/loss"] for r in single], rel=1e-5)
     assert [r["train/supervised_tokens"] for r in ddp] == [r["train/supervised_tokens"] for r in single]
+
+
+def test_multirun_from_the_launch_directory_without_overrides(tmp_path):
+    """`python train.py -m ...` as the README writes it (no paths override): outputs go under the directory it
+    was launched from, one folder per job."""
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
+    env.pop("DASD_ROOT", None)
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "-m", "seed=1,2", "data_only=true", *QUIET],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = sorted((tmp_path / "outputs" / "default" / "multirun").glob("*/stage1_job*/data_report.json"))
+    assert [p.parent.name for p in reports] == ["stage1_job0", "stage1_job1"]

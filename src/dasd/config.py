@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from omegaconf import OmegaConf
 
 from dasd.models.student import asset_path
@@ -23,11 +25,13 @@ def temperature_value(value: str | float) -> float:
 
 def register_resolvers() -> None:
     """``${asset:NAME}``: absolute path of an asset shipped inside the package (tiny student, sample data).
-    ``${temperature:low|high|x}``: the sampling temperature."""
+    ``${temperature:low|high|x}``: the sampling temperature. ``${cwd:}``: the directory dasd was launched from."""
     if not OmegaConf.has_resolver("asset"):
         OmegaConf.register_new_resolver("asset", asset_path)
     if not OmegaConf.has_resolver("temperature"):
         OmegaConf.register_new_resolver("temperature", temperature_value)
+    if not OmegaConf.has_resolver("cwd"):  # the launch directory; unlike ${hydra:runtime.cwd} it also
+        OmegaConf.register_new_resolver("cwd", os.getcwd)  # resolves where a multirun computes its sweep dir
 
 
 # Config groups whose options are named by numbers (conf/stage/1.yaml, 2.yaml).
