@@ -43,6 +43,7 @@ def test_stage1_then_stage2_end_to_end(tmp_path):
     final = s1 / "checkpoints" / "hf" / "final"
     assert sorted(p.name for p in (s1 / "checkpoints" / "hf").iterdir()) == ["epoch_0", "epoch_1", "final"]
     model = AutoModelForCausalLM.from_pretrained(final)
+    assert model.config.use_cache  # an inference checkpoint: training's cache-off setting is not saved
     tok = AutoTokenizer.from_pretrained(final)
     assert tok.chat_template and "<think>" in tok.get_vocab()
     ids = tok.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}], add_generation_prompt=True,

@@ -40,7 +40,12 @@ class HFCheckpoint(L.Callback):
         if trainer.is_global_zero:
             tmp = target.with_name(target.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            module.model.save_pretrained(tmp, state_dict=state)
+            config, use_cache = module.model.config, module.model.config.use_cache
+            config.use_cache = True  # the checkpoint is for inference; training turns the cache off itself
+            try:
+                module.model.save_pretrained(tmp, state_dict=state)
+            finally:
+                config.use_cache = use_cache
             self.tokenizer.save_pretrained(tmp)
             shutil.rmtree(target, ignore_errors=True)
             tmp.rename(target)  # a kill mid-save never leaves a half-written checkpoint under the real name
