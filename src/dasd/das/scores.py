@@ -103,6 +103,7 @@ class Summary:
     n_unlabeled: np.ndarray
     p_teacher: np.ndarray  # response probability: exp(mean teacher token logprob over the response)
     p_student: np.ndarray
+    num_tokens: np.ndarray  # response length in student tokens (the end-of-turn token excluded)
 
     def index(self) -> dict[str, int]:
         return {u: i for i, u in enumerate(self.uuid.tolist())}
@@ -194,5 +195,6 @@ class ScoreStore:
             scal = {c: table.column(c).to_numpy() for c in SCALAR_COLUMNS}
             out["p_teacher"].append(_geo(scal["t_total"], scal["t_tokens"]))
             out["p_student"].append(_geo(scal["s_total"], scal["s_tokens"]))
+            out["num_tokens"].append(scal["s_tokens"].astype(np.int64) - 1)
             out["uuid"].append(np.asarray(table.column("uuid").to_pylist(), dtype=object))
         return Summary(**{k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()})

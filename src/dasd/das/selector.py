@@ -262,7 +262,7 @@ class DivergenceSelector:
         if self.rule == "teacher_share":
             return (nt / labeled if labeled else 0.0, -ns)
         if self.rule == "longest":
-            return (int(self._lengths[i]),)
+            return (int(s.num_tokens[i]),)
         return (-nt, ns)  # min_teacher_count
 
     def select(self, records: list[Record]) -> tuple[list[Record], dict]:
@@ -273,7 +273,6 @@ class DivergenceSelector:
                 self._lock.release()
         summary = self.store.summarize(self.beta)
         index = summary.index()
-        self._lengths = self._response_lengths(summary)
         pool = [r for r in records if r.uuid not in self._failed]
         missing = [r.uuid for r in pool if r.uuid not in index]
         if missing:
@@ -312,24 +311,13 @@ class DivergenceSelector:
                  self.stats["from_store"])
         return chosen, report
 
-    def _response_lengths(self, s: Summary) -> np.ndarray:
-        """Response length in student tokens (the end-of-turn token excluded), from the stored token counts."""
-        lengths = {}
-        for p in self.store.parts():
-            import pyarrow.parquet as pq
-
-            t = pq.read_table(p, columns=["uuid", "s_tokens"])
-            lengths.update(zip(t.column("uuid").to_pylist(), (t.column("s_tokens").to_numpy() - 1).tolist(),
-                               strict=True))
-        return np.asarray([lengths[u] for u in s.uuid.tolist()], dtype=np.int64)
-
     def _details(self, pool: list[Record], s: Summary, index: dict[str, int], das: set[str],
                  rnd: set[str]) -> dict[str, np.ndarray]:
         rows = np.asarray([index[r.uuid] for r in pool], dtype=np.int64)
         return {"uuid": np.asarray([r.uuid for r in pool], dtype=str),
                 "question": np.asarray([question_key(r) for r in pool], dtype=str),
                 "n_teacher": s.n_teacher[rows], "n_student": s.n_student[rows], "n_shared": s.n_shared[rows],
-                "n_unlabeled": s.n_unlabeled[rows], "num_tokens": self._lengths[rows],
+                "n_unlabeled": s.n_unlabeled[rows], "num_tokens": s.num_tokens[rows],
                 "p_teacher": s.p_teacher[rows].astype(np.float64), "p_student": s.p_student[rows].astype(np.float64),
                 "das": np.asarray([r.uuid in das for r in pool]), "random": np.asarray([r.uuid in rnd for r in pool])}
 

@@ -83,6 +83,7 @@ class SFTDataModule(L.LightningDataModule):
         self.selection_report: dict = {}
         self.cache_report: dict = {"enabled": cache_dir is not None}
         self.packing_report: PackingReport | None = None
+        self._hashes: dict[str, str] = {}
         self.folder: Path | None = None  # the cache entry (selection artifacts such as DAS details live there)
 
     def _cache_folder(self) -> Path:
@@ -90,12 +91,12 @@ class SFTDataModule(L.LightningDataModule):
         if self.cache_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="dasd-data-")
             return Path(self._tmp.name) / "data"
-        key = cache.cache_key(file=cache.file_sha256(self.path), tokenizer=cache.tokenizer_fingerprint(self.tokenizer),
+        key = cache.cache_key(file=self._sha256(self.path), tokenizer=cache.tokenizer_fingerprint(self.tokenizer),
                               system_prompt=self.templater.system_prompt, end_of_turn=self.templater.end_of_turn,
                               selector=_selector_identity(self.selector),
                               max_samples=self.max_samples, on_error=self.on_error, format=self.source_format,
                               filters=self.filter_cfg.to_dict() if self.filter_cfg else None,
-                              logprobs=cache.file_sha256(self.logprobs_path) if self.logprobs_path else None,
+                              logprobs=self._sha256(self.logprobs_path) if self.logprobs_path else None,
                               version=CACHE_VERSION)
         return Path(self.cache_dir) / key
 
@@ -147,8 +148,14 @@ class SFTDataModule(L.LightningDataModule):
         writer.finish([index[r.uuid] for r in selected], report)
 
     def _data_identity(self) -> dict:
-        return {"file": cache.file_sha256(self.path), "format": self.source_format,
-                "logprobs": cache.file_sha256(self.logprobs_path) if self.logprobs_path else None}
+        return {"file": self._sha256(self.path), "format": self.source_format,
+                "logprobs": self._sha256(self.logprobs_path) if self.logprobs_path else None}
+
+    def _sha256(self, path: str) -> str:
+        """Each input file is hashed once (the cache key and the DAS score store both need it)."""
+        if path not in self._hashes:
+            self._hashes[path] = cache.file_sha256(path)
+        return self._hashes[path]
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
