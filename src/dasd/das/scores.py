@@ -32,6 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dasd.das.align import sentence_probability
+
 LIST_COLUMNS = ("starts", "ends", "t_sum", "t_num", "s_sum", "s_num")
 SCALAR_COLUMNS = ("t_total", "t_tokens", "s_total", "s_tokens")
 SCHEMA = pa.schema([("uuid", pa.string()), ("starts", pa.list_(pa.int32())), ("ends", pa.list_(pa.int32())),
@@ -73,23 +75,20 @@ class CandidateScores:
 
     def probabilities(self) -> tuple[np.ndarray, np.ndarray]:
         """(p_T, p_S) per sentence; NaN where the model has no token in the sentence."""
-        return _geo(self.t_sum, self.t_num), _geo(self.s_sum, self.s_num)
+        return sentence_probability(self.t_sum, self.t_num), sentence_probability(self.s_sum, self.s_num)
 
     def labels(self, beta: float) -> list[str]:
-        """Teacher (p_T − p_S > β), Student (p_S − p_T > β), Shared otherwise, unlabeled without tokens."""
-        pt, ps = self.probabilities()
-        return [_label(a, b, beta) for a, b in zip(pt, ps, strict=True)]
+        """The type of each sentence at ``beta`` (see ``label_codes``)."""
+        return [TYPES[c] for c in label_codes(*self.probabilities(), beta)]
 
 
-def _geo(total: np.ndarray, num: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(num > 0, np.exp(total / np.maximum(num, 1)), np.nan)
-
-
-def _label(pt: float, ps: float, beta: float) -> str:
-    if np.isnan(pt) or np.isnan(ps):
-        return "unlabeled"
-    return "teacher" if pt - ps > beta else "student" if ps - pt > beta else "shared"
+def label_codes(pt: np.ndarray, ps: np.ndarray, beta: float) -> np.ndarray:
+    """The type of each sentence as an index into ``TYPES``: Teacher (p_T − p_S > β), Student (p_S − p_T > β),
+    Shared otherwise, unlabeled where either probability is NaN (no token under that tokenizer)."""
+    labeled = ~(np.isnan(pt) | np.isnan(ps))
+    diff = np.where(labeled, pt - ps, 0.0)
+    codes = np.where(diff > beta, 0, np.where(-diff > beta, 2, 1))
+    return np.where(labeled, codes, 3)
 
 
 @dataclass
@@ -178,23 +177,15 @@ class ScoreStore:
             offsets = table.column("t_sum").combine_chunks().offsets.to_numpy()
             flat = {c: table.column(c).combine_chunks().flatten().to_numpy(zero_copy_only=False)
                     for c in ("t_sum", "t_num", "s_sum", "s_num")}
-            pt, ps = _geo(flat["t_sum"], flat["t_num"]), _geo(flat["s_sum"], flat["s_num"])
-            labeled = ~(np.isnan(pt) | np.isnan(ps))
-            diff = np.where(labeled, pt - ps, 0.0)
-            row = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+            codes = label_codes(sentence_probability(flat["t_sum"], flat["t_num"]),
+                                sentence_probability(flat["s_sum"], flat["s_num"]), beta)
             n = len(offsets) - 1
-
-            def count(mask: np.ndarray, n: int = n, row: np.ndarray = row) -> np.ndarray:
-                return np.bincount(row[mask], minlength=n).astype(np.int64)
-
-            teacher, student = labeled & (diff > beta), labeled & (-diff > beta)
-            out["n_teacher"].append(count(teacher))
-            out["n_student"].append(count(student))
-            out["n_shared"].append(count(labeled & ~teacher & ~student))
-            out["n_unlabeled"].append(count(~labeled))
+            row = np.repeat(np.arange(n), np.diff(offsets))
+            for code, kind in enumerate(TYPES):
+                out[f"n_{kind}"].append(np.bincount(row[codes == code], minlength=n).astype(np.int64))
             scal = {c: table.column(c).to_numpy() for c in SCALAR_COLUMNS}
-            out["p_teacher"].append(_geo(scal["t_total"], scal["t_tokens"]))
-            out["p_student"].append(_geo(scal["s_total"], scal["s_tokens"]))
+            out["p_teacher"].append(sentence_probability(scal["t_total"], scal["t_tokens"]))
+            out["p_student"].append(sentence_probability(scal["s_total"], scal["s_tokens"]))
             out["num_tokens"].append(scal["s_tokens"].astype(np.int64) - 1)
             out["uuid"].append(np.asarray(table.column("uuid").to_pylist(), dtype=object))
         return Summary(**{k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()})

@@ -121,16 +121,21 @@ class DivergenceSelector:
                 "teacher_tokenizer": self.teacher_tokenizer_name, "min_chars": self.min_chars,
                 "segmentation": SEGMENTATION_VERSION, "alignment": ALIGNMENT_VERSION}
 
-    def bind(self, *, data: dict, system_prompt: str | None, end_of_turn: str) -> None:
-        """Open the score store for this data and chat settings; load the scoring student's tokenizer."""
+    def bind(self, *, data: dict, system_prompt: str | None, end_of_turn: str,
+             tokenizer_fingerprint_of_samples: str | None = None) -> None:
+        """Open the score store for this data and chat settings; load the scoring student's tokenizer. When the
+        data module's samples were tokenized by the same tokenizer (``tokenizer_fingerprint_of_samples``),
+        ``observe`` takes the prompt and response ids from the rendered sample instead of templating again."""
         from dasd.data.cache import tokenizer_fingerprint
         from dasd.data.template import ChatTemplater
         from dasd.models.student import load_tokenizer
 
         self.tokenizer = load_tokenizer(self.scoring_student)
         self.templater = ChatTemplater(self.tokenizer, system_prompt=system_prompt, end_of_turn=end_of_turn)
+        fingerprint = tokenizer_fingerprint(self.tokenizer)
+        self._reuse_samples = fingerprint == tokenizer_fingerprint_of_samples
         parts = {"scoring_student": model_fingerprint(self.scoring_student),
-                 "student_tokenizer": tokenizer_fingerprint(self.tokenizer), "data": data,
+                 "student_tokenizer": fingerprint, "data": data,
                  "system_prompt": system_prompt, "end_of_turn": self.templater.end_of_turn,
                  "teacher_tokenizer": self.teacher_tokenizer_name, "teacher_format": self.teacher_format,
                  "segmentation": SEGMENTATION_VERSION, "min_chars": self.min_chars, "alignment": ALIGNMENT_VERSION,
@@ -173,8 +178,9 @@ class DivergenceSelector:
 
     # ------------------------------------------------------------------ scoring
 
-    def observe(self, item) -> None:
-        """Score one filtered candidate (a ``TeacherRecord``) unless the store already has it."""
+    def observe(self, item, sample=None) -> None:
+        """Score one filtered candidate (a ``TeacherRecord``, and its rendered ``TokenizedSample``) unless the
+        store already has it."""
         record: Record = item.record
         key = question_key(record)
         if key in self._examples or len(self._examples) < self.num_examples:
@@ -195,11 +201,19 @@ class DivergenceSelector:
         spans = segment(record.output, min_chars=self.min_chars)
         owner = align.owner_of_chars(record.output, spans)
         teacher = align.aggregate(starts, np.asarray(item.logprobs, np.float64), owner, len(spans))
-        prompt = self.tokenizer.encode(self.templater.prompt_text(record.input, record.output),
-                                       add_special_tokens=False)
         ids, s_starts = align.student_token_starts(self.tokenizer, record.output)
-        self._pending.append(_Pending(record.uuid, spans, owner, teacher, prompt,
-                                      list(ids) + [self.templater.end_of_turn_id], np.append(s_starts, -1)))
+        completion = list(ids) + [self.templater.end_of_turn_id]
+        if sample is not None and self._reuse_samples:  # the training sample is exactly what is scored
+            n_prompt = len(sample.input_ids) - sample.num_supervised
+            prompt = list(sample.input_ids[:n_prompt])
+            if list(sample.input_ids[n_prompt:]) != completion:
+                raise align.AlignmentError(f"{record.source} (uuid {record.uuid}): the offsets tokenization of "
+                                           "the response differs from the training sample's")
+        else:
+            prompt = self.tokenizer.encode(self.templater.prompt_text(record.input, record.output),
+                                           add_special_tokens=False)
+        self._pending.append(_Pending(record.uuid, spans, owner, teacher, prompt, completion,
+                                      np.append(s_starts, -1)))
         self._scored.add(record.uuid)
         if len(self._pending) >= self.batch_size:
             self._score_pending()

@@ -121,7 +121,8 @@ class SFTDataModule(L.LightningDataModule):
         observe = getattr(self.selector, "observe", None)  # DAS scores each kept candidate as it streams by
         if hasattr(self.selector, "bind"):
             self.selector.bind(data=self._data_identity(), system_prompt=self.templater.system_prompt,
-                               end_of_turn=self.templater.end_of_turn)
+                               end_of_turn=self.templater.end_of_turn,
+                               tokenizer_fingerprint_of_samples=cache.tokenizer_fingerprint(self.tokenizer))
         for t, sample in cache.render_stream(self.templater, items, self.num_proc, record_of=_record_of):
             x = FilterInput.from_record(t.record, finish_reason=t.finish_reason, has_tool_call=t.has_tool_call,
                                         has_final=t.extra.get("has_final"), num_student_tokens=len(sample))
@@ -129,7 +130,7 @@ class SFTDataModule(L.LightningDataModule):
                 index[t.record.uuid] = writer.add(sample)
                 light.append(replace(t.record, output=""))  # selection needs the question, not the response
                 if observe is not None:
-                    observe(t)
+                    observe(t, sample)
         selected, selection = self.selector.select(light)
         selected = selected[: self.max_samples] if self.max_samples is not None else selected
         report = {"read": read.summary(), "logprob_join": joined.summary() if joined else None,

@@ -73,6 +73,17 @@ def _trainer(cfg: DictConfig, plan: StagePlan, tokenizer, strategy) -> L.Trainer
                      default_root_dir=str(plan.run_dir), log_every_n_steps=1, num_sanity_val_steps=0)
 
 
+def _data_outputs(dm: SFTDataModule, run_dir: Path, beta: float | None):
+    """Write ``data_report.json`` and, for DAS, the figures, summary and examples under ``das/``; returns
+    (name -> path, the DAS paths and example cards or None)."""
+    (run_dir / "data_report.json").write_text(json.dumps(dm.report(), indent=2))
+    outputs, das = {"data_report": str(run_dir / "data_report.json")}, None
+    if das_artifacts.has_artifacts(dm.folder):  # sampler=divergence
+        das = das_artifacts.publish(dm.folder, run_dir / "das", beta)
+        outputs.update({k: str(v) for k, v in das[0].items()})
+    return outputs, das
+
+
 def prepare_data(cfg: DictConfig) -> dict:
     """``data_only=true``: read, filter, score (DAS) and select the stage's data into the cache, write
     ``data_report.json`` and the sampler's figures to the run dir, and stop before any model is trained.
@@ -83,11 +94,7 @@ def prepare_data(cfg: DictConfig) -> dict:
     dm = _datamodule(cfg, load_tokenizer(cfg.student.name_or_path))  # every stage's checkpoint has this tokenizer
     dm.setup("fit")
     report = dm.report()
-    (run_dir / "data_report.json").write_text(json.dumps(report, indent=2))
-    outputs = {"data_report": str(run_dir / "data_report.json")}
-    if das_artifacts.has_artifacts(dm.folder):
-        paths, _ = das_artifacts.publish(dm.folder, run_dir / "das", cfg.sampler.beta)
-        outputs.update({k: str(v) for k, v in paths.items()})
+    outputs, _ = _data_outputs(dm, run_dir, cfg.sampler.get("beta"))
     Manifest(run_dir / "manifest.json").update(
         status="data_only", stage=cfg.stage.id, run_dir=str(run_dir),
         config=OmegaConf.to_container(cfg, resolve=True), data=report, versions=versions(),
@@ -117,9 +124,7 @@ def train(cfg: DictConfig) -> dict:
     trainer = _trainer(cfg, plan, tokenizer, strategy)
     das_outputs = None
     if trainer.is_global_zero:
-        (plan.run_dir / "data_report.json").write_text(json.dumps(dm.report(), indent=2))
-        if das_artifacts.has_artifacts(dm.folder):  # sampler=divergence: figures, summary, example sentences
-            das_outputs = das_artifacts.publish(dm.folder, plan.run_dir / "das", cfg.sampler.beta)
+        _, das_outputs = _data_outputs(dm, plan.run_dir, cfg.sampler.get("beta"))
     for lg in trainer.loggers:  # counts of every data stage (read, skipped, filtered, selected, packed, dropped)
         lg.log_hyperparams({"data_report": dm.report()})
         if isinstance(lg, WandbLogger) and dm.filter_rows:
