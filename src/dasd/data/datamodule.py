@@ -3,6 +3,7 @@ filter → on-disk cache → select → pack → batch."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -16,13 +17,16 @@ from dasd.data import cache
 from dasd.data.filters import FilterConfig, FilterInput, FilterReport, apply_filters, build_filters
 from dasd.data.packing import PackCollator, PackedDataset, PackingReport, pack_samples
 from dasd.data.sampler import ResumableDataLoader, StepBatchSampler
+from dasd.data.selection import question_key
 from dasd.data.sources import SourceReport, TeacherRecord, iter_generated, iter_released, join_logprobs
 from dasd.data.template import ChatTemplater, TokenizedSample
+from dasd.eval.grading import reference_answer
 from dasd.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-CACHE_VERSION = 1  # bump when the tokenized format or the rendering changes
+CACHE_VERSION = 2  # bump when the tokenized format or the rendering changes
+SELECTED_FILE = "selected.jsonl"  # the selected records (no response text) of a cache entry
 
 
 def _record_of(item: TeacherRecord):
@@ -57,6 +61,11 @@ class SFTDataModule(L.LightningDataModule):
             whose finish reason and tool-call flags the filters use).
         logprobs_path: the released ``...-Logprob`` Parquet; its rows are joined to the records by uuid,
             and missing joins are errors (or skipped and counted with on_error="skip").
+        mask_student_prefix: mixed-policy records train only on the teacher continuation (``ChatTemplater``).
+
+    Each cache entry also lists its selected records without their responses (``selected.jsonl``: uuid,
+    question, domain, meta, source, the response length in student tokens and a reference answer), which
+    the mixed-policy revision draws its questions from (``selected_records``).
     """
 
     def __init__(self, path: str, tokenizer: PreTrainedTokenizerBase, selector, cutoff_len: int,
@@ -64,11 +73,13 @@ class SFTDataModule(L.LightningDataModule):
                  end_of_turn: str = "auto", on_error: str = "raise", seed: int = 42,
                  max_samples: int | None = None, num_workers: int = 0, cache_dir: str | None = None,
                  num_proc: int = 1, filters: FilterConfig | None = None, source_format: str = "released",
-                 logprobs_path: str | None = None) -> None:
+                 logprobs_path: str | None = None, mask_student_prefix: bool = False) -> None:
         super().__init__()
+        self._args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.path, self.tokenizer, self.selector = path, tokenizer, selector
         self.cutoff_len, self.micro_batch_size, self.accumulate = cutoff_len, micro_batch_size, accumulate
-        self.templater = ChatTemplater(tokenizer, system_prompt=system_prompt, end_of_turn=end_of_turn)
+        self.templater = ChatTemplater(tokenizer, system_prompt=system_prompt, end_of_turn=end_of_turn,
+                                       mask_student_prefix=mask_student_prefix)
         self.on_error, self.seed, self.max_samples, self.num_workers = on_error, seed, max_samples, num_workers
         self.cache_dir, self.num_proc = cache_dir, num_proc
         if source_format not in ("released", "generated"):
@@ -85,6 +96,9 @@ class SFTDataModule(L.LightningDataModule):
         self.packing_report: PackingReport | None = None
         self._hashes: dict[str, str] = {}
         self.folder: Path | None = None  # the cache entry (selection artifacts such as DAS details live there)
+        self.base_samples: Sequence[TokenizedSample] = []
+        self.extra_report: dict | None = None  # samples added for later epochs (mixed-policy revision)
+        self.epoch_base: tuple[int, int] = (0, 0)  # (epoch, global step) since which the data has its size
 
     def _cache_folder(self) -> Path:
         """The cache entry for these inputs and settings (a private temporary folder when caching is off)."""
@@ -93,7 +107,7 @@ class SFTDataModule(L.LightningDataModule):
             return Path(self._tmp.name) / "data"
         key = cache.cache_key(file=self._sha256(self.path), tokenizer=cache.tokenizer_fingerprint(self.tokenizer),
                               system_prompt=self.templater.system_prompt, end_of_turn=self.templater.end_of_turn,
-                              selector=_selector_identity(self.selector),
+                              mask_student_prefix=self.templater.mask_student_prefix, selector=_selector_identity(self.selector),
                               max_samples=self.max_samples, on_error=self.on_error, format=self.source_format,
                               filters=self.filter_cfg.to_dict() if self.filter_cfg else None,
                               logprobs=self._sha256(self.logprobs_path) if self.logprobs_path else None,
@@ -117,7 +131,7 @@ class SFTDataModule(L.LightningDataModule):
         filters = build_filters(self.filter_cfg) if self.filter_cfg else []
         freport = FilterReport(order=[f.name for f in filters],
                                max_examples=self.filter_cfg.max_examples if self.filter_cfg else 0)
-        writer, index, light = cache.CacheWriter(folder), {}, []
+        writer, index, light, info = cache.CacheWriter(folder), {}, [], {}
         observe = getattr(self.selector, "observe", None)  # DAS scores each kept candidate as it streams by
         if hasattr(self.selector, "bind"):
             self.selector.bind(data=self._data_identity(), system_prompt=self.templater.system_prompt,
@@ -129,6 +143,7 @@ class SFTDataModule(L.LightningDataModule):
             if apply_filters([x], filters, report=freport)[0]:
                 index[t.record.uuid] = writer.add(sample)
                 light.append(replace(t.record, output=""))  # selection needs the question, not the response
+                info[t.record.uuid] = (sample.num_supervised - 1, reference_answer(t.record.output, t.record.meta))
                 if observe is not None:
                     observe(t, sample)
         selected, selection = self.selector.select(light)
@@ -146,6 +161,12 @@ class SFTDataModule(L.LightningDataModule):
                      {n: st.dropped for n, st in freport.stats.items()})
         if hasattr(self.selector, "write_artifacts"):
             self.selector.write_artifacts(writer.tmp)
+        with (writer.tmp / SELECTED_FILE).open("w", encoding="utf-8") as f:
+            for r in selected:
+                tokens, reference = info[r.uuid]
+                f.write(json.dumps({"uuid": r.uuid, "question_key": question_key(r), "input": r.input,
+                                    "domain": r.domain, "meta": r.meta, "source": r.source,
+                                    "response_tokens": tokens, "reference": reference}, ensure_ascii=False) + "\n")
         writer.finish([index[r.uuid] for r in selected], report)
 
     def _data_identity(self) -> dict:
@@ -174,24 +195,50 @@ class SFTDataModule(L.LightningDataModule):
         else:
             log.info("tokenized data from cache %s", folder)
         self.folder = folder
-        self.samples, saved = cached
+        self.base_samples, saved = cached
         self.read_summary, self.join_summary = saved["read"], saved["logprob_join"]
         self.filter_report, self.filter_rows = saved["filters"], saved["filter_rows"]
         self.selection_report = saved["selection"]
-        packs, self.packing_report = pack_samples(self.samples, self.cutoff_len)
+        self._pack(self.base_samples)
+        log.info("data: %s | selection: %s | packing: %s", self.read_summary, self.selection_report,
+                 self.packing_report.summary())
+
+    def _pack(self, samples: Sequence[TokenizedSample]) -> None:
+        packs, self.packing_report = pack_samples(samples, self.cutoff_len)
         if not packs:
             raise ValueError(f"{self.path}: every sample is longer than cutoff_len={self.cutoff_len}")
         for uuid, length in self.packing_report.dropped_overlong:
             log.warning("dropped over-long sample %s: %d tokens > cutoff_len %d", uuid, length, self.cutoff_len)
-        self.dataset = PackedDataset(self.samples, packs)
-        log.info("data: %s | selection: %s | packing: %s", self.read_summary, self.selection_report,
-                 self.packing_report.summary())
+        self.samples = samples
+        self.dataset = PackedDataset(samples, packs)
+
+    def selected_records(self) -> list[dict]:
+        """The selected records of this data without their responses (see the class docstring)."""
+        with (self.folder / SELECTED_FILE).open(encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+
+    def derive(self, path: str, source_format: str = "released", selector=None) -> SFTDataModule:
+        """Another data module over ``path`` with this one's tokenizer, template, filters and cache settings."""
+        from dasd.data.selection import KeepAllSelector
+
+        args = {**self._args, "path": path, "source_format": source_format, "logprobs_path": None,
+                "selector": selector or KeepAllSelector(), "max_samples": None}
+        return SFTDataModule(**args)
+
+    def set_extra(self, extra: SFTDataModule | None, **info) -> None:
+        """Train on this data plus ``extra``'s samples from the next dataloader on (None: this data alone)."""
+        samples = self.base_samples if extra is None else _Concat(self.base_samples, extra.samples)
+        self._pack(samples)
+        self.extra_report = None if extra is None else {**info, "path": extra.path, "samples": len(extra.samples),
+                                                         "data": extra.report(), "total": len(samples)}
+        log.info("training data: %d samples (%d added) | packing: %s", len(samples),
+                 0 if extra is None else len(extra.samples), self.packing_report.summary())
 
     def report(self) -> dict:
         """Counts of every stage of the pipeline (for the manifest and the logger)."""
         return {"read": self.read_summary, "logprob_join": self.join_summary, "filters": self.filter_report,
                 "selection": self.selection_report,
-                "cache": self.cache_report,
+                "cache": self.cache_report, "extra": self.extra_report,
                 "packing": self.packing_report.summary() if self.packing_report else None}
 
     def train_dataloader(self) -> ResumableDataLoader:
@@ -203,4 +250,20 @@ class SFTDataModule(L.LightningDataModule):
             log.warning("%d packs repeated to give each of %d ranks full micro-batches", sampler.repeated, world)
         progress = (lambda: (trainer.global_step, trainer.current_epoch)) if trainer else (lambda: (0, 0))
         return ResumableDataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
-                                   collate_fn=PackCollator(self.tokenizer.pad_token_id), progress=progress)
+                                   collate_fn=PackCollator(self.tokenizer.pad_token_id), progress=progress,
+                                   base=lambda: self.epoch_base)
+
+
+class _Concat(Sequence):
+    """Two sample sequences as one (the base data and the samples added for later epochs)."""
+
+    def __init__(self, a: Sequence[TokenizedSample], b: Sequence[TokenizedSample]) -> None:
+        self.a, self.b = a, b
+
+    def __len__(self) -> int:
+        return len(self.a) + len(self.b)
+
+    def __getitem__(self, i: int) -> TokenizedSample:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.a[i] if i < len(self.a) else self.b[i - len(self.a)]

@@ -84,16 +84,20 @@ class ResumableDataLoader(DataLoader):
 
     Checkpoints are taken at optimizer-step boundaries, so the position is derived from the trainer's
     progress (``progress() -> (global_step, epoch)``), not from the iterator, which Lightning prefetches.
+    ``base() -> (epoch, step)``: the epoch since which the data has its current size, and the step it began
+    at (``(0, 0)`` unless samples were added between epochs).
     """
 
-    def __init__(self, *args, progress: Callable[[], tuple[int, int]], **kwargs) -> None:
+    def __init__(self, *args, progress: Callable[[], tuple[int, int]],
+                 base: Callable[[], tuple[int, int]] = lambda: (0, 0), **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._progress = progress
+        self._progress, self._base = progress, base
 
     def state_dict(self) -> dict:
         sampler: StepBatchSampler = self.batch_sampler
         global_step, epoch = self._progress()
-        steps_done = global_step - epoch * sampler.steps_per_epoch
+        epoch0, step0 = self._base()  # from epoch0 on (begun at step0) every epoch has this sampler's length
+        steps_done = global_step - step0 - (epoch - epoch0) * sampler.steps_per_epoch
         return {"epoch": epoch, "consumed": min(len(sampler), steps_done * sampler.accumulate)}
 
     def load_state_dict(self, state: dict) -> None:

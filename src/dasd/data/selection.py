@@ -42,3 +42,18 @@ class RandomSelector:
         report = {"sampler": self.name, "candidates": len(records), "questions": len(groups),
                   "selected": len(chosen), "not_selected": len(records) - len(chosen)}
         return chosen, report
+
+
+class KeepAllSelector:
+    """Keep every candidate (data already curated elsewhere, e.g. the mixed-policy stage's revision set plus
+    its off-policy samples, where one question may appear twice on purpose)."""
+
+    name = "all"
+
+    def __init__(self, name: str = "all") -> None:
+        self.name = name
+
+    def select(self, records: list[Record]) -> tuple[list[Record], dict]:
+        report = {"sampler": self.name, "candidates": len(records), "questions": len({question_key(r) for r in records}),
+                  "selected": len(records), "not_selected": 0}
+        return list(records), report

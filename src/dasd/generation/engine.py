@@ -47,10 +47,13 @@ class Request:
     prompt_token_ids: tuple[int, ...] | None = None
     chat_template_kwargs: dict = field(default_factory=dict)
     seed: int | None = None  # overrides SamplingConfig.seed + index (stable per question, e.g. for resume)
+    max_tokens: int | None = None  # overrides SamplingConfig.max_tokens (a per-question budget)
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt_token_ids is None):
             raise ValueError("a Request takes exactly one of messages or prompt_token_ids")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"a Request's max_tokens must be >= 1, got {self.max_tokens}")
 
 
 @dataclass
@@ -74,6 +77,11 @@ def request_seed(request: Request, sampling: SamplingConfig, index: int) -> int 
     if request.seed is not None:
         return request.seed
     return None if sampling.seed is None else sampling.seed + index
+
+
+def request_max_tokens(request: Request, sampling: SamplingConfig) -> int:
+    """The token budget of a request: its own, else the sampling config's."""
+    return sampling.max_tokens if request.max_tokens is None else request.max_tokens
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, request: Request) -> list[int]:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM
 
-from dasd.generation.engine import Engine, Request, Sample, SamplingConfig, render_prompt, request_seed
+from dasd.generation.engine import (
+    Engine,
+    Request,
+    Sample,
+    SamplingConfig,
+    render_prompt,
+    request_max_tokens,
+    request_seed,
+)
 from dasd.models.student import load_tokenizer
 
 
@@ -38,15 +46,17 @@ class HFEngine(Engine):
 
     @torch.inference_mode()
     def generate(self, requests: list[Request], sampling: SamplingConfig) -> list[list[Sample]]:
-        return [self._generate_one(render_prompt(self.tokenizer, r), sampling, request_seed(r, sampling, i))
+        return [self._generate_one(render_prompt(self.tokenizer, r), sampling, request_seed(r, sampling, i),
+                                   request_max_tokens(r, sampling))
                 for i, r in enumerate(requests)]
 
-    def _generate_one(self, prompt: list[int], sampling: SamplingConfig, seed: int | None) -> list[Sample]:
+    def _generate_one(self, prompt: list[int], sampling: SamplingConfig, seed: int | None,
+                      max_tokens: int) -> list[Sample]:
         if seed is not None:
             torch.manual_seed(seed)
         greedy = sampling.temperature == 0
         out = self.model.generate(
-            torch.tensor([prompt], device=self.device), do_sample=not greedy, max_new_tokens=sampling.max_tokens,
+            torch.tensor([prompt], device=self.device), do_sample=not greedy, max_new_tokens=max_tokens,
             temperature=None if greedy else sampling.temperature, top_p=None if greedy else sampling.top_p,
             top_k=None, num_return_sequences=sampling.n, return_dict_in_generate=True, output_logits=True,
             output_scores=True, stop_strings=list(sampling.stop) or None, tokenizer=self.tokenizer,

@@ -13,7 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 
-from dasd.generation.engine import Engine, Request, Sample, SamplingConfig, render_prompt, request_seed
+from dasd.generation.engine import (
+    Engine,
+    Request,
+    Sample,
+    SamplingConfig,
+    render_prompt,
+    request_max_tokens,
+    request_seed,
+)
 from dasd.models.student import load_tokenizer
 
 
@@ -49,12 +57,13 @@ class OpenAIEngine(Engine):
                              f"sampling asks for {sampling.logprob_mode!r}")
         prompts = [render_prompt(self.tokenizer, r) for r in requests]
         seeds = [request_seed(r, sampling, i) for i, r in enumerate(requests)]
+        budgets = [request_max_tokens(r, sampling) for r in requests]
         with ThreadPoolExecutor(self.max_concurrency) as pool:
-            return list(pool.map(lambda ps: self._complete(ps[0], ps[1], sampling), zip(prompts, seeds, strict=True)))
+            return list(pool.map(lambda a: self._complete(*a, sampling), zip(prompts, seeds, budgets, strict=True)))
 
-    def _complete(self, prompt: list[int], seed: int | None, sampling: SamplingConfig) -> list[Sample]:
+    def _complete(self, prompt: list[int], seed: int | None, max_tokens: int, sampling: SamplingConfig) -> list[Sample]:
         resp = self._call(prompt=prompt, n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                          max_tokens=sampling.max_tokens, seed=seed, stop=list(sampling.stop) or None, logprobs=1,
+                          max_tokens=max_tokens, seed=seed, stop=list(sampling.stop) or None, logprobs=1,
                           extra_body={"return_tokens_as_token_ids": True, "include_stop_str_in_output": True})
         return [self._sample(c, prompt) for c in sorted(resp.choices, key=lambda c: c.index)]
 

@@ -11,7 +11,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from dasd.generation.engine import Engine, Request, Sample, SamplingConfig, render_prompt, request_seed
+from dasd.generation.engine import (
+    Engine,
+    Request,
+    Sample,
+    SamplingConfig,
+    render_prompt,
+    request_max_tokens,
+    request_seed,
+)
 from dasd.models.student import load_tokenizer
 
 VLLM_LOGPROBS_MODE = {"raw": "raw_logprobs", "processed": "processed_logprobs"}
@@ -72,9 +80,9 @@ class VLLMEngine(Engine):
                             **extra, **llm_kwargs)
         self._vllm = vllm
 
-    def _params(self, sampling: SamplingConfig, seed: int | None):
+    def _params(self, sampling: SamplingConfig, seed: int | None, max_tokens: int):
         return self._vllm.SamplingParams(
-            n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens,
+            n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=max_tokens,
             seed=seed, stop=list(sampling.stop) or None, include_stop_str_in_output=True, logprobs=0)
 
     def generate(self, requests: list[Request], sampling: SamplingConfig) -> list[list[Sample]]:
@@ -82,7 +90,8 @@ class VLLMEngine(Engine):
             raise ValueError(f"this vLLM engine was built with logprob_mode={self.logprob_mode!r}; "
                              f"sampling asks for {sampling.logprob_mode!r} (set engine.logprob_mode)")
         prompts = [render_prompt(self.tokenizer, r) for r in requests]
-        params = [self._params(sampling, request_seed(r, sampling, i)) for i, r in enumerate(requests)]
+        params = [self._params(sampling, request_seed(r, sampling, i), request_max_tokens(r, sampling))
+                  for i, r in enumerate(requests)]
         outputs = self.llm.generate([self._vllm.TokensPrompt(prompt_token_ids=p) for p in prompts], params,
                                     use_tqdm=False)
         return [[self._sample(c, prompt) for c in out.outputs] for out, prompt in zip(outputs, prompts, strict=True)]

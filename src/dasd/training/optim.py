@@ -51,3 +51,16 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int):
         optimizer, num_warmup_steps=warmup_steps(total_steps, cfg.warmup_ratio),
         num_training_steps=total_steps, min_lr=cfg.min_lr)
     return optimizer, scheduler
+
+
+def retarget_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, cfg: OptimConfig, total_steps: int,
+                      num_warmup_steps: int) -> None:
+    """Give a running schedule a new length (the data of later epochs changed size): the same warmup, then
+    cosine to ``min_lr`` at ``total_steps``. The step count and the optimizer are untouched."""
+    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    fresh = get_cosine_with_min_lr_schedule_with_warmup(dummy, num_warmup_steps=num_warmup_steps,
+                                                        num_training_steps=max(total_steps, num_warmup_steps + 1),
+                                                        min_lr=cfg.min_lr)
+    scheduler.lr_lambdas = [fresh.lr_lambdas[0]] * len(scheduler.optimizer.param_groups)
+    for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * fn(scheduler.last_epoch)

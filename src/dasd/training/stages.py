@@ -30,7 +30,8 @@ NON_TRAINING_KEYS = ("resume", "logger", "paths", "tags", "train.save_every_n_st
                      "train.progress_refresh_rate", "train.keep_hf_checkpoints", "trainer.enable_progress_bar",
                      "data.cache", "data.num_proc", "data.num_workers", "data_only", "sampler.engine",
                      "sampler.engine_args", "sampler.batch_size", "sampler.flush_every", "sampler.num_examples",
-                     "sampler.store_dir")
+                     "sampler.store_dir", "mixed.transport", "mixed.python", "mixed.batch_size",
+                     "mixed.offload_training_state")
 
 
 @dataclass
@@ -95,7 +96,7 @@ def _fresh_start(run_dir: Path) -> None:
 
 def plan_stage(cfg: DictConfig) -> StagePlan:
     """Decide init, resume and identity of this run; validates the config before any heavy work."""
-    if cfg.stage.id not in (1, 2) and cfg.stage.init_from == "student":
+    if cfg.stage.id != 1 and cfg.stage.init_from == "student":
         log.warning("stage %s starts from the raw student", cfg.stage.id)
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -38,15 +38,30 @@ def _datamodule(cfg: DictConfig, tokenizer) -> SFTDataModule:
                          max_samples=d.max_samples, num_workers=d.num_workers,
                          cache_dir=cfg.paths.cache_dir if d.cache else None, num_proc=d.num_proc,
                          filters=FilterConfig.from_dict(OmegaConf.to_container(cfg.filters, resolve=True))
-                         if cfg.filters.order else None, source_format=d.format, logprobs_path=d.get("logprobs"))
+                         if cfg.filters.order else None, source_format=d.format, logprobs_path=d.get("logprobs"),
+                         mask_student_prefix=bool(cfg.get("mixed", {}).get("mask_student_prefix", False)))
 
 
-def _callbacks(cfg: DictConfig, plan: StagePlan, tokenizer) -> list[L.Callback]:
+def _mixed_policy(cfg: DictConfig) -> dict | None:
+    """The ``callbacks=mixed_policy`` settings, or None."""
+    node = cfg.get("callbacks") or {}
+    return OmegaConf.to_container(node.mixed_policy, resolve=True) if node.get("mixed_policy") else None
+
+
+def _callbacks(cfg: DictConfig, plan: StagePlan, tokenizer, dm: SFTDataModule) -> list[L.Callback]:
     ckpt_dir = plan.run_dir / "checkpoints"
     callbacks: list[L.Callback] = [ResumeCheckpoint(ckpt_dir, cfg.train.save_every_n_steps)]
     callbacks += [HFCheckpoint(ckpt_dir / "hf", tokenizer, keep=cfg.train.keep_hf_checkpoints),
                   MetricsFile(str(plan.run_dir), plot_every_n_steps=cfg.train.plot_every_n_steps),
                   RunIdentity(plan.wandb_run_id, plan.config_hash)]
+    revision = _mixed_policy(cfg)
+    if revision is not None:  # after HFCheckpoint: it revises with the epoch's exported weights
+        from dasd.mixed.callback import MixedPolicyRevision
+
+        callbacks.append(MixedPolicyRevision(
+            dm, plan.run_dir, ckpt_dir / "hf", OmegaConf.to_container(cfg.mixed, resolve=True),
+            OmegaConf.to_container(cfg.filters, resolve=True) if cfg.filters.order else None,
+            OptimConfig(**OmegaConf.to_container(cfg.optim)), every_n_epochs=revision.get("every_n_epochs", 1)))
     if cfg.trainer.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=cfg.train.progress_refresh_rate))
     return callbacks
@@ -61,13 +76,14 @@ def _strategy(cfg: DictConfig, init_from: str):
                           **s)
 
 
-def _trainer(cfg: DictConfig, plan: StagePlan, tokenizer, strategy) -> L.Trainer:
+def _trainer(cfg: DictConfig, plan: StagePlan, tokenizer, strategy, dm: SFTDataModule) -> L.Trainer:
     loggers = build_loggers(cfg.logger.name, plan.run_dir, run_id=plan.wandb_run_id, name=plan.display_name,
                             group=cfg.experiment_name, tags=list(cfg.tags), config=plan.config,
                             project=cfg.logger.get("project", "dasd"), entity=cfg.logger.get("entity"),
                             mode=cfg.logger.get("mode", "auto"))
     return L.Trainer(**OmegaConf.to_container(cfg.trainer), strategy=strategy, logger=loggers or False,
-                     callbacks=_callbacks(cfg, plan, tokenizer), max_epochs=cfg.train.epochs,
+                     callbacks=_callbacks(cfg, plan, tokenizer, dm), max_epochs=cfg.train.epochs,
+                     reload_dataloaders_every_n_epochs=1 if _mixed_policy(cfg) else 0,
                      accumulate_grad_batches=cfg.train.accumulate, gradient_clip_val=cfg.optim.max_grad_norm,
                      gradient_clip_algorithm="norm", use_distributed_sampler=False,
                      default_root_dir=str(plan.run_dir), log_every_n_steps=1, num_sanity_val_steps=0)
@@ -87,7 +103,13 @@ def _data_outputs(dm: SFTDataModule, run_dir: Path, beta: float | None):
 def prepare_data(cfg: DictConfig) -> dict:
     """``data_only=true``: read, filter, score (DAS) and select the stage's data into the cache, write
     ``data_report.json`` and the sampler's figures to the run dir, and stop before any model is trained.
-    The next ``train.py`` with the same data settings starts from the cached selection."""
+    The next ``train.py`` with the same data settings starts from the cached selection. For stage=mixed
+    this includes the revision round."""
+    mixed = None
+    if cfg.stage.get("mixed"):
+        from dasd.mixed.stage import prepare_mixed_stage
+
+        cfg, mixed = prepare_mixed_stage(cfg, _datamodule)
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
@@ -98,7 +120,7 @@ def prepare_data(cfg: DictConfig) -> dict:
     Manifest(run_dir / "manifest.json").update(
         status="data_only", stage=cfg.stage.id, run_dir=str(run_dir),
         config=OmegaConf.to_container(cfg, resolve=True), data=report, versions=versions(),
-        git=git_revision(Path(__file__).parent), outputs=outputs)
+        git=git_revision(Path(__file__).parent), outputs=outputs, mixed=mixed)
     log.info("data ready (no training: data_only=true): %d samples selected; report in %s",
              report["selection"].get("selected", 0), run_dir)
     return {}
@@ -108,6 +130,11 @@ def train(cfg: DictConfig) -> dict:
     """Run one training stage. Returns the final metrics (also written to the run's manifest.json)."""
     if cfg.get("data_only"):
         return prepare_data(cfg)
+    mixed = None
+    if cfg.stage.get("mixed"):  # stage=mixed: revision round 0 and the stage's training file, before anything else
+        from dasd.mixed.stage import prepare_mixed_stage
+
+        cfg, mixed = prepare_mixed_stage(cfg, _datamodule)
     plan = plan_stage(cfg)
     manifest = Manifest(plan.run_dir / "manifest.json")
     if plan.already_completed:
@@ -121,7 +148,7 @@ def train(cfg: DictConfig) -> dict:
     dm.setup("fit")
     module = SFTModule(StudentSpec(name_or_path=plan.init_from, **OmegaConf.to_container(cfg.student.load)),
                        OptimConfig(**OmegaConf.to_container(cfg.optim)))
-    trainer = _trainer(cfg, plan, tokenizer, strategy)
+    trainer = _trainer(cfg, plan, tokenizer, strategy, dm)
     das_outputs = None
     if trainer.is_global_zero:
         _, das_outputs = _data_outputs(dm, plan.run_dir, cfg.sampler.get("beta"))
@@ -131,11 +158,18 @@ def train(cfg: DictConfig) -> dict:
             lg.log_table(key="data/filter_drops", columns=["reason", "uuid", "detail"], data=dm.filter_rows)
         if isinstance(lg, WandbLogger) and das_outputs:
             das_artifacts.log_to_wandb(lg, *das_outputs)
+    if mixed is not None and trainer.is_global_zero:
+        from dasd.mixed.report import log_round
+
+        round0 = plan.run_dir / "mixed" / "round_0"
+        log_round(trainer.loggers, json.loads((round0 / "stats.json").read_text()), round0 / "cutoff_ratio.png",
+                  step=0)
     if trainer.is_global_zero:
         manifest.update(status="running", stage=cfg.stage.id, run_dir=str(plan.run_dir), config=plan.config,
                         config_hash=plan.config_hash, parent=plan.parent, data=dm.report(), versions=versions(),
                         git=git_revision(Path(__file__).parent), wandb_run_id=plan.wandb_run_id,
-                        resumed_from=plan.resume_ckpt, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                        resumed_from=plan.resume_ckpt, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        mixed=mixed)
     status = "failed"
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=plan.resume_ckpt)

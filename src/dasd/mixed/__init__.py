@@ -1,0 +1,1 @@
+"""Mixed-policy distillation (spec §7): cut truncated student rollouts, let the teacher continue, assemble."""
