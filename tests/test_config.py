@@ -34,7 +34,7 @@ def compose_cfg(overrides: list[str], tmp_path: Path, hydra_cfg: bool = False, n
 def test_every_group_has_options():
     """The config groups the README documents all exist and are non-empty."""
     for group in ("stage", "sampler", "student", "data", "trainer", "strategy", "logger", "paths", "hydra",
-                  "debug", "experiment", "sweep", "optim", "teacher", "engine"):
+                  "debug", "experiment", "sweep", "optim", "teacher", "engine", "mixed", "callbacks"):
         assert group in GROUPS and any((CONF / group).glob("*.yaml")), group
 
 
@@ -51,7 +51,7 @@ def test_every_option_composes_and_resolves(group, option, tmp_path):
         assert "run" in cfg.hydra
         return
     plain = OmegaConf.to_container(cfg, resolve=True)
-    assert plain["stage"]["id"] in (1, 2) and plain["data"]["path"] and plain["student"]["name_or_path"]
+    assert plain["stage"]["id"] in (1, 2, 3) and plain["data"]["path"] and plain["student"]["name_or_path"]
 
 
 @pytest.mark.parametrize("value,expected", [("low", 0.6), ("high", 1.0), ("0.8", 0.8), (0.7, 0.7)])
@@ -120,6 +120,19 @@ def test_paper_preset_reproduces_authors_config(stage, tmp_path):
     assert Path(cfg.data.path).name == f"Superior-Reasoning-SFT-gpt-oss-120b-stage{stage}-train-data.jsonl"
     zero = zero3_config(hidden_size=2560)["zero_optimization"]
     assert {k: zero[k] for k in PAPER["zero"]} == PAPER["zero"] and "offload_param" not in zero
+
+
+def test_paper_stage3_preset(tmp_path):
+    """experiment=paper_stage3: mixed-policy stage from stage 2, 50K questions at 1.5x, 20K off-policy, 1 epoch."""
+    cfg = compose_cfg(["experiment=paper_stage3"], tmp_path)
+    m = cfg.mixed
+    assert cfg.stage.mixed and cfg.stage.init_from == "auto" and cfg.stage.parent_run == "stage2"
+    assert (m.n_questions, m.extra_offpolicy, m.cap_factor, m.mask_student_prefix) == (50000, 20000, 1.5, False)
+    assert (m.student.temperature, m.student.top_p, m.teacher.temperature) == (1.0, 1.0, 1.0)
+    assert list(m.question_runs) == ["stage1", "stage2"] and cfg.train.epochs == 1
+    assert m.teacher.model == "openai/gpt-oss-120b" and m.teacher.format == "harmony"
+    assert dict(m.teacher.chat_template_kwargs) == {"reasoning_effort": "high"}
+    assert cfg.optim.lr == PAPER["lr"] and cfg.optim.min_lr == PAPER["min_lr"]
 
 
 def test_paper_optimizer_and_schedule_values(tiny_path):
