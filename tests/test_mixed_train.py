@@ -9,12 +9,12 @@ import math
 from pathlib import Path
 
 import pytest
-
 from cli import metrics, run_train
+from wandb_offline import read_history, run_files
+
 from dasd.data.records import Record
 from dasd.data.template import STUDENT_PREFIX_KEY, ChatTemplater
 from dasd.models.student import asset_path, load_tokenizer
-from wandb_offline import read_history, run_files
 
 # tiny_base writes <think>...</think> answers, so the curation filters keep most continuations; a 0.5x budget
 # makes most rollouts hit their limit, so every round has a teacher part to test
