@@ -6,10 +6,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
-from cli import metrics, run_train
+from cli import metrics, run_train, train_cmd
+from test_train import _wait_for_checkpoint
 from wandb_offline import read_history, run_files
 
 from dasd.data.records import Record
@@ -63,6 +67,35 @@ def test_revision_between_epochs_adds_its_samples_to_the_next_epoch(tmp_path):
     logged = [h for h in history if "mixed/kept" in h]
     assert logged and logged[0]["mixed/kept"] == len(records)
     assert json.loads((run / "manifest.json").read_text())["status"] == "completed"
+
+
+def test_resume_inside_a_revised_epoch_matches_uninterrupted(tmp_path):
+    """Killed during the epoch that trains on a round's samples, a resumed run trains on the same data from the
+    same position with the same stretched schedule: its loss and lr trajectories equal the uninterrupted run's."""
+    common = ["callbacks=mixed_policy", "train.epochs=2", "train.save_every_n_steps=2", "data.max_samples=48",
+              "logger=csv", "mixed.transport=inprocess", *SMALL]
+    (tmp_path / "a").mkdir()
+    run_train(tmp_path / "a", *common)
+    reference = metrics(tmp_path / "a" / "outputs" / "default" / "stage1")
+    first_epoch = sum(r["epoch"] == 0 for r in reference)
+    out = tmp_path / "b"
+    out.mkdir()
+    run_dir = out / "outputs" / "default" / "stage1"
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.Popen(train_cmd(out, *common), cwd=out, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_for_checkpoint(run_dir, min_step=first_epoch + 2, proc=proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed_at = int((run_dir / "checkpoints" / "last.ckpt").resolve().stem.split("step=")[-1])
+    assert first_epoch < killed_at < len(reference), "the run was not interrupted inside the revised epoch"
+    run_train(out, *common)
+    resumed = metrics(run_dir)
+    assert [r["step"] for r in resumed] == [r["step"] for r in reference]
+    assert [r["train/loss"] for r in resumed] == pytest.approx([r["train/loss"] for r in reference], rel=1e-5)
+    assert [r["train/lr"] for r in resumed] == pytest.approx([r["train/lr"] for r in reference], rel=1e-6)
 
 
 def test_stage_mixed_trains_one_epoch_on_revised_and_offpolicy_samples(tmp_path):

@@ -246,6 +246,8 @@ class SFTDataModule(L.LightningDataModule):
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         sampler = StepBatchSampler([self.dataset.supervised_tokens(p) for p in range(len(self.dataset))],
                                    self.micro_batch_size, self.accumulate, world, rank, self.seed)
+        if trainer:  # a loader built at an epoch start (reload, resume) must not iterate in epoch 0's order:
+            sampler.set_epoch(trainer.current_epoch)  # Lightning prefetches before it calls set_epoch
         if sampler.repeated:
             log.warning("%d packs repeated to give each of %d ranks full micro-batches", sampler.repeated, world)
         progress = (lambda: (trainer.global_step, trainer.current_epoch)) if trainer else (lambda: (0, 0))
