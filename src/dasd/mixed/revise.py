@@ -145,9 +145,9 @@ def run_rollout(spec: dict, folder: Path) -> dict:
     t1 = time.perf_counter()
     try:
         samples = _generate(engine, requests, sampling, spec["batch_size"], "student rollouts")
+        gen_s = time.perf_counter() - t1
     finally:
         engine.close()
-    gen_s = time.perf_counter() - t1
     rows = [{"uuid": q["uuid"], "teacher_tokens": q["response_tokens"], "cap": r.max_tokens, "lead": lead,
              "length": len(x.token_ids), "finish_reason": x.finish_reason, "seed": r.seed, "text": x.text,
              "token_ids": x.token_ids}
@@ -227,13 +227,13 @@ def run_continue(spec: dict, folder: Path) -> dict:
     try:
         conts = dict(zip(order, _generate(engine, requests, sampling, spec["batch_size"], "teacher continuations"),
                          strict=True))
+        gen_s = time.perf_counter() - t1
+        t2 = time.perf_counter()  # assembly, filters and records from here
         assembled = {u: assemble(prompts[u], conts[u], engine.tokenizer, fmt) for u in order}
         teacher_name = engine.model_name
     finally:
         engine.close()
-    gen_s = time.perf_counter() - t1
     # filters on the assembled responses: continuation finished, the curation filters, optional correctness
-    t2 = time.perf_counter()
     filters = [_Finished({u: a.finished for u, a in assembled.items()})] if spec["require_finished"] else []
     if spec["filters"] and spec["filters"].get("order"):
         filters += build_filters(FilterConfig.from_dict(spec["filters"]), count=token_counter(templater))
