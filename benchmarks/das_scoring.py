@@ -28,7 +28,6 @@ import gc
 import json
 import math
 import os
-import platform
 import random
 import re
 import resource
@@ -40,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from memory_meters import CudaMemory, HostMemory
+from memory_meters import CudaMemory, HostMemory, machine
 
 MIB = 2**20
 WORKER_MARK = "DAS_SCORING_RESULT "
@@ -460,13 +459,6 @@ def run_alignment(args: argparse.Namespace) -> dict:
 # ---------------------------------------------------------------------------------------------- driver
 
 
-def machine() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else None
-    mem = next((int(ln.split()[1]) * 1024 for ln in Path("/proc/meminfo").read_text().splitlines()
-                if ln.startswith("MemTotal:")), None) if Path("/proc/meminfo").exists() else None
-    return {"cpu_model": cpu, "cpu_count": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)),
-            "ram_gib": mem / 2**30 if mem else None, "platform": platform.platform()}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,7 +1,9 @@
-"""Peak-memory meters shared by the benchmarks: host RSS (Linux) and torch's CUDA allocator."""
+"""Shared by the benchmarks: peak-memory meters (host RSS on Linux, torch's CUDA allocator) and machine info."""
 
 from __future__ import annotations
 
+import os
+import platform
 from pathlib import Path
 
 
@@ -61,3 +63,13 @@ class CudaMemory:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         return True
+
+
+def machine() -> dict:
+    """CPU model, core counts, RAM and platform of this machine (every benchmark JSON records it)."""
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else None
+    mem = next((int(ln.split()[1]) * 1024 for ln in Path("/proc/meminfo").read_text().splitlines()
+                if ln.startswith("MemTotal:")), None) if Path("/proc/meminfo").exists() else None
+    return {"cpu_model": cpu, "cpu_count": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)),
+            "ram_gib": mem / 2**30 if mem else None, "platform": platform.platform()}

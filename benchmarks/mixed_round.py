@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -39,6 +38,8 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
+
+from memory_meters import machine
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,13 +118,6 @@ def quiet() -> None:
     hf_logging.set_verbosity_error()
 
 
-def machine() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else None
-    mem = next((int(ln.split()[1]) * 1024 for ln in Path("/proc/meminfo").read_text().splitlines()
-                if ln.startswith("MemTotal:")), None) if Path("/proc/meminfo").exists() else None
-    return {"cpu_model": cpu, "cpu_count": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)),
-            "ram_gib": mem / 2**30 if mem else None, "platform": platform.platform()}
 
 
 def vllm_version() -> str | None:

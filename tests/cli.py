@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,3 +31,26 @@ def run_train(out: Path, *overrides: str, check: bool = True) -> subprocess.Comp
 
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _wait_for_checkpoint(run_dir: Path, min_step: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    last, deadline = run_dir / "checkpoints" / "last.ckpt", time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists() and int(last.resolve().stem.split("step=")[-1]) >= min_step:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint at step >= {min_step} (process exit {proc.poll()})")
+
+
+def kill_after_checkpoint(out: Path, run_dir: Path, min_step: int, *overrides: str) -> int:
+    """Start train.py, SIGKILL it (and its children) once it has saved a checkpoint at step >= min_step;
+    returns the step of the checkpoint a resume starts from."""
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.Popen(train_cmd(out, *overrides), cwd=out, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_for_checkpoint(run_dir, min_step=min_step, proc=proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return int((run_dir / "checkpoints" / "last.ckpt").resolve().stem.split("step=")[-1])

@@ -6,14 +6,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
-from cli import metrics, run_train, train_cmd
-from test_train import _wait_for_checkpoint
+from cli import kill_after_checkpoint, metrics, run_train
 from wandb_offline import read_history, run_files
 
 from dasd.data.records import Record
@@ -81,15 +77,7 @@ def test_resume_inside_a_revised_epoch_matches_uninterrupted(tmp_path):
     out = tmp_path / "b"
     out.mkdir()
     run_dir = out / "outputs" / "default" / "stage1"
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    proc = subprocess.Popen(train_cmd(out, *common), cwd=out, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        _wait_for_checkpoint(run_dir, min_step=first_epoch + 2, proc=proc)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    killed_at = int((run_dir / "checkpoints" / "last.ckpt").resolve().stem.split("step=")[-1])
+    killed_at = kill_after_checkpoint(out, run_dir, first_epoch + 2, *common)
     assert first_epoch < killed_at < len(reference), "the run was not interrupted inside the revised epoch"
     run_train(out, *common)
     resumed = metrics(run_dir)

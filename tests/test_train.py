@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from cli import QUIET, REPO, metrics, run_train, train_cmd  # noqa: F401
+from cli import QUIET, REPO, kill_after_checkpoint, metrics, run_train, train_cmd  # noqa: F401
 from conftest import make_record, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from wandb_offline import read_history, run_files
@@ -75,15 +73,6 @@ def test_stage2_without_stage1_fails_clearly(tmp_path):
     assert "stage.init_from" in proc.stderr and "stage1" in proc.stderr and "missing" in proc.stderr
 
 
-def _wait_for_checkpoint(run_dir: Path, min_step: int, proc: subprocess.Popen, timeout: float = 240) -> None:
-    last, deadline = run_dir / "checkpoints" / "last.ckpt", time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if last.exists() and int(last.resolve().stem.split("step=")[-1]) >= min_step:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no checkpoint at step >= {min_step} (process exit {proc.poll()})")
-
-
 def test_resume_after_kill_matches_uninterrupted(tmp_path):
     """A run killed mid-epoch and restarted with resume=auto continues from its last checkpoint (optimizer,
     schedule, step, data position) and reproduces the uninterrupted loss trajectory and W&B run id."""
@@ -95,15 +84,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
     out = tmp_path / "b"
     out.mkdir()
     run_dir = out / "outputs" / "default" / "stage1"
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    proc = subprocess.Popen(train_cmd(out, *common), cwd=out, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        _wait_for_checkpoint(run_dir, min_step=len(reference) // 2 - 2, proc=proc)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    killed_at = int((run_dir / "checkpoints" / "last.ckpt").resolve().stem.split("step=")[-1])
+    killed_at = kill_after_checkpoint(out, run_dir, len(reference) // 2 - 2, *common)
     assert killed_at < len(reference), "the run finished before it could be interrupted"
 
     run_train(out, *common)  # resume=auto is the default

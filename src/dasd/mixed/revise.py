@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import time
 import uuid
@@ -43,6 +42,7 @@ from dasd.data.template import STUDENT_PREFIX_KEY, ChatTemplater
 from dasd.eval.grading import math_equal
 from dasd.generation.engine import Engine, Request, SamplingConfig
 from dasd.generation.pipeline import TeacherFormat, sample_seed
+from dasd.generation.shards import _atomic_write
 from dasd.mixed.continuation import assemble, continuation_prompt
 from dasd.mixed.cut import choose_cut
 from dasd.models.student import load_tokenizer
@@ -69,13 +69,7 @@ def spec_hash(spec: dict) -> str:
 
 def write_jsonl(path: Path, rows) -> None:
     """Atomic: rows go to a temporary file renamed into place (a kill never leaves a partial file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    _atomic_write(path, rows)
 
 
 def read_jsonl(path: Path) -> list[dict]:
