@@ -183,7 +183,7 @@ def one_round(index: int, root: Path, args: argparse.Namespace, dm, model, token
     t0 = time.perf_counter()  # what MixedPolicyRevision._revise does around run_round
     questions = draw(dm.selected_records(), settings["n_questions"], settings["seed"] + k)
     spec = build_spec(settings, round_index=k, student_model=str(weights), system_prompt=dm.templater.system_prompt,
-                      end_of_turn=dm.templater.end_of_turn, filters=filters, questions_sha256="")
+                      end_of_turn=dm.templater.end_of_turn, filters=filters)
     stats = run_round(folder / "round", questions, spec, transport=settings["transport"], python=sys.executable)
     round_s = time.perf_counter() - t0
 

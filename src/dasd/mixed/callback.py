@@ -124,7 +124,7 @@ class MixedPolicyRevision(L.Callback):
         questions = draw(self.dm.selected_records(), s["n_questions"], s["seed"] + k)
         t = self.dm.templater
         spec = build_spec(s, round_index=k, student_model=str(weights), system_prompt=t.system_prompt,
-                          end_of_turn=t.end_of_turn, filters=self.filters, questions_sha256="")
+                          end_of_turn=t.end_of_turn, filters=self.filters)
         stats = run_round(self.folder(k), questions, spec, transport=s["transport"], python=s.get("python"))
         log.info("mixed-policy round %d: %d/%d rollouts truncated, %d samples added for epoch %d",
                  k, stats["truncated"], stats["questions"], stats["kept"], k)

@@ -238,8 +238,9 @@ def run_continue(spec: dict, folder: Path) -> dict:
                           finish_reason=conts[u].finish_reason, has_tool_call=assembled[u].has_tool_call,
                           has_final=assembled[u].has_final) for u in order]
     kept, report = apply_filters(inputs, filters, report=report)
-    records = [_record(spec, questions[x.uuid], cuts[x.uuid], assembled[x.uuid], conts[x.uuid], teacher_name)
-               for x in kept]
+    caps = {r["uuid"]: r["cap"] for r in rollouts}
+    records = [_record(spec, questions[x.uuid], cuts[x.uuid], assembled[x.uuid], conts[x.uuid], teacher_name,
+                       caps[x.uuid]) for x in kept]
     write_jsonl(paths.records, records)
     filter_s = time.perf_counter() - t2
     info = {"phase": "continue", "truncated": len(truncated), "continued": len(order),
@@ -256,7 +257,7 @@ def run_continue(spec: dict, folder: Path) -> dict:
     return info
 
 
-def _record(spec: dict, q: dict, cut, a, cont, teacher_name: str) -> dict:
+def _record(spec: dict, q: dict, cut, a, cont, teacher_name: str, cap: int) -> dict:
     """A training record in the released format; the provenance and the boundary live in ``meta``."""
     try:
         meta = json.loads(q["meta"]) if q.get("meta") else {}
@@ -267,7 +268,7 @@ def _record(spec: dict, q: dict, cut, a, cont, teacher_name: str) -> dict:
             "cut": {"length": cut.length, "raw": cut.raw, "index": cut.index, "snapped": cut.snapped},
             "student_model": spec["student"]["model"], "teacher_model": teacher_name,
             "teacher_response_tokens": q["response_tokens"],
-            "cap": max(1, math.floor(spec["cap_factor"] * q["response_tokens"]))}
+            "cap": cap}
     return {"uuid": str(uuid.uuid5(MIXED_NAMESPACE, f"{q['uuid']}/{spec['round']}/{spec_hash(spec)}")),
             "input": q["input"], "output": a.output, "domain": q["domain"], "meta": json.dumps(meta),
             "finish_reason": cont.finish_reason, "has_tool_call": a.has_tool_call,

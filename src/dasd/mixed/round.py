@@ -40,12 +40,13 @@ def draw(items: list[dict], n: int | None, seed: int) -> list[dict]:
 
 
 def build_spec(settings: dict, *, round_index: int, student_model: str, system_prompt: str | None,
-               end_of_turn: str, filters: dict | None, questions_sha256: str) -> dict:
-    """The JSON spec of a round from the ``mixed`` config (see conf/mixed/default.yaml)."""
+               end_of_turn: str, filters: dict | None) -> dict:
+    """The JSON spec of a round from the ``mixed`` config (see conf/mixed/default.yaml); ``run_round`` adds
+    the hash of the round's questions."""
     s, t = settings["student"], settings["teacher"]
     return {
         "round": round_index, "seed": settings["seed"], "cap_factor": settings["cap_factor"],
-        "batch_size": settings["batch_size"], "questions_sha256": questions_sha256,
+        "batch_size": settings["batch_size"],
         "student": {"model": str(student_model), "fingerprint": model_fingerprint(str(student_model)),
                     "engine": s["engine"], "engine_args": dict(s.get("engine_args") or {}),
                     "temperature": s["temperature"], "top_p": s["top_p"], "system_prompt": system_prompt,

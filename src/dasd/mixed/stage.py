@@ -77,7 +77,7 @@ def prepare_mixed_stage(cfg: DictConfig, make_datamodule) -> tuple[DictConfig, d
     d = cfg.data
     filters = OmegaConf.to_container(cfg.filters, resolve=True) if cfg.filters.order else None
     spec = build_spec(m, round_index=0, student_model=init, system_prompt=d.system_prompt,
-                      end_of_turn=d.end_of_turn, filters=filters, questions_sha256="")
+                      end_of_turn=d.end_of_turn, filters=filters)
     folder = run_dir / "mixed" / "round_0"
     stats = run_round(folder, questions, spec, transport=m["transport"], python=m.get("python"))
     train_file = run_dir / "mixed" / "train.jsonl"
