@@ -90,7 +90,8 @@ PAPER = {
     "weight_decay": 0.1, "max_grad_norm": 1.0, "epochs": 6, "micro_batch_size": 1, "accumulate": 4,
     "global_batch": 64, "cutoff_len": 65536, "precision": "bf16-mixed", "seed": 42,
     "system_prompt": "You are a helpful assistant.", "student": "Qwen/Qwen3-4B-Thinking-2507",
-    "attn": "flash_attention_2", "liger": True, "gradient_checkpointing": True,
+    # attn auto: flash_attention_2 (the authors' FA2) wherever flash-attn is installed
+    "attn": "auto", "liger": True, "gradient_checkpointing": True,
     "zero": {"stage": 3, "overlap_comm": True, "contiguous_gradients": True, "sub_group_size": 1e9,
              "stage3_max_live_parameters": 1e9, "stage3_max_reuse_distance": 1e9,
              "stage3_gather_16bit_weights_on_model_save": True},
@@ -120,6 +121,35 @@ def test_paper_preset_reproduces_authors_config(stage, tmp_path):
     assert Path(cfg.data.path).name == f"Superior-Reasoning-SFT-gpt-oss-120b-stage{stage}-train-data.jsonl"
     zero = zero3_config(hidden_size=2560)["zero_optimization"]
     assert {k: zero[k] for k in PAPER["zero"]} == PAPER["zero"] and "offload_param" not in zero
+
+
+def test_zero3_config_is_the_authors_ds_z3_config():
+    """strategy=deepspeed_zero3 hands DeepSpeed exactly the authors' ds_z3_config.json, with its "auto" values
+    resolved as the HF Trainer resolves them (batch size, accumulation and clipping come from Lightning)."""
+    hidden = 2560
+    assert zero3_config(hidden) == {
+        "zero_allow_untested_optimizer": True, "zero_force_ds_cpu_optimizer": False, "bf16": {"enabled": True},
+        "zero_optimization": {
+            **PAPER["zero"], "reduce_bucket_size": hidden * hidden,
+            "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+            "stage3_param_persistence_threshold": 10 * hidden}}
+
+
+@pytest.mark.parametrize("offload,targets", [(False, []), ("optimizer", ["offload_optimizer"]),
+                                             ("all", ["offload_optimizer", "offload_param"]),
+                                             (True, ["offload_optimizer", "offload_param"])])
+def test_zero3_offload_modes(offload, targets):
+    """strategy.offload: false (the authors'), optimizer (ZeRO-Offload: states and step on the host), all."""
+    from types import SimpleNamespace
+
+    from dasd.training.strategy import optimizer_offloaded
+
+    config = zero3_config(1024, offload=offload)
+    assert sorted(k for k in config["zero_optimization"] if k.startswith("offload_")) == targets
+    assert optimizer_offloaded(SimpleNamespace(config=config)) == bool(targets)
+    assert not optimizer_offloaded("auto")
+    with pytest.raises(ValueError, match="strategy.offload='params'"):
+        zero3_config(1024, offload="params")
 
 
 def test_paper_stage3_preset(tmp_path):

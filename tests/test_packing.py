@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 from dasd.data.packing import PackCollator, PackedDataset, first_fit_decreasing, pack_samples
 from dasd.data.records import Record
 from dasd.data.template import IGNORE_INDEX, ChatTemplater, TokenizedSample
+from dasd.training.module import packed_loss_sum
 
 
 def _fake(length: int, n_prompt: int = 1, uuid: str = "") -> TokenizedSample:
@@ -143,10 +144,7 @@ def test_labels_stay_inside_samples(tokenizer):
 # ---------------------------------------------------------------- packed loss == unpacked loss
 
 
-def _loss_sum(model, batch) -> torch.Tensor:
-    """Summed token CE, exactly as SFTModule.forward_loss_sum computes it."""
-    return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"],
-                 shift_labels=batch["labels"], num_items_in_batch=torch.ones(()), use_cache=False).loss
+_loss_sum = packed_loss_sum  # summed token CE, as SFTModule.forward_loss_sum computes it
 
 
 def _loss_and_grads(model, batches) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -219,3 +217,23 @@ def test_padding_never_changes_the_loss(model, tokenizer):
         loss_batch = _loss_sum(model, batch)
         loss_each = sum(_loss_sum(model, collate([it])) for it in items)
     torch.testing.assert_close(loss_batch, loss_each, atol=1e-5, rtol=1e-4)
+
+
+def test_collator_sample_boundaries_match_position_ids(tokenizer):
+    """The collator's cu_seq_lens/max_length (what varlen attention gets) are the boundaries transformers
+    derives from the restarting position_ids, pad tails included as segments of their own."""
+    from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+
+    samples = _rendered(tokenizer, 4)
+    dataset = PackedDataset(samples, [[3, 0], [1], [2]])
+    batch = PackCollator(tokenizer.pad_token_id)([dataset[0], dataset[1], dataset[2]])
+    (cu, _), (max_len, _) = prepare_fa_kwargs_from_position_ids(batch["position_ids"])
+    assert batch["cu_seq_lens"].dtype == torch.int32
+    assert batch["cu_seq_lens"].tolist() == cu.tolist()
+    assert batch["max_length"] == int(max_len)
+    assert int(batch["cu_seq_lens"][-1]) == batch["input_ids"].numel()
+    lens = [len(s) for s in samples]
+    width = batch["input_ids"].shape[1]
+    expected = [lens[3], lens[0]] + [lens[1]] + ([width - lens[1]] if width > lens[1] else []) + [lens[2]] + (
+        [width - lens[2]] if width > lens[2] else [])
+    assert batch["cu_seq_lens"].diff().tolist() == expected

@@ -148,6 +148,14 @@ class PackCollator:
             pos[row, :n] = torch.tensor(it["position_ids"])
             pos[row, n:] = torch.arange(width - n)
         real = sum(len(it["input_ids"]) for it in items)
+        # sample boundaries over the flattened micro-batch (pad tails are segments of their own), for
+        # varlen attention: cu_seq_lens = [0, s1, s1+s2, ...], max_length = the longest segment
+        segments = []
+        for it in items:
+            segments += it["seq_lens"] + ([width - len(it["input_ids"])] if len(it["input_ids"]) < width else [])
+        cu = torch.zeros(len(segments) + 1, dtype=torch.int32)
+        cu[1:] = torch.tensor(segments, dtype=torch.int32).cumsum(0)
         return {"input_ids": ids, "labels": labels, "position_ids": pos,
+                "cu_seq_lens": cu, "max_length": max(segments),
                 "num_tokens": torch.tensor(real), "num_pad": torch.tensor(ids.numel() - real),
                 "step_tokens": torch.tensor(items[0]["step_tokens"])}

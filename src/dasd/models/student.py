@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from dasd.models.attention import resolve_attn_implementation
 from dasd.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -37,6 +38,7 @@ class StudentSpec:
     gradient_checkpointing: bool = False
     liger: bool = False
     trust_remote_code: bool = False
+    init: str = "pretrained"  # "random": the architecture of name_or_path's config, randomly initialised
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -65,17 +67,24 @@ def load_student(spec: StudentSpec) -> PreTrainedModel:
     """Load the student for training (``use_cache`` off: packed samples must not attend to each other)."""
     from transformers import AutoConfig
 
+    if spec.init not in ("pretrained", "random"):
+        raise ValueError(f"student.load.init={spec.init!r}: use pretrained or random")
     config = AutoConfig.from_pretrained(spec.name_or_path, trust_remote_code=spec.trust_remote_code)
     if spec.liger:
         apply_liger(config.model_type)
+    attn = resolve_attn_implementation(spec.attn_implementation)
     dtype = spec.torch_dtype if spec.torch_dtype == "auto" else getattr(torch, spec.torch_dtype)
-    model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, dtype=dtype,
-                                                 attn_implementation=spec.attn_implementation,
+    if spec.init == "random":  # the same architecture, no weights read (benchmarks, from-scratch runs)
+        model = AutoModelForCausalLM.from_config(config, dtype=None if dtype == "auto" else dtype,
+                                                 attn_implementation=attn,
                                                  trust_remote_code=spec.trust_remote_code)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, dtype=dtype, attn_implementation=attn,
+                                                     trust_remote_code=spec.trust_remote_code)
     model.config.use_cache = False
     model.train()
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    log.info("student %s: %.2fM parameters, %s, attention=%s", spec.name_or_path,
-             sum(p.numel() for p in model.parameters()) / 1e6, dtype, spec.attn_implementation)
+    log.info("student %s (%s): %.2fM parameters, %s, attention=%s", spec.name_or_path, spec.init,
+             sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()) / 1e6, dtype, attn)
     return model

@@ -7,8 +7,24 @@ import time
 import lightning as L
 import torch
 
+from dasd.models.attention import uses_varlen, varlen_kwargs
 from dasd.models.student import StudentSpec, load_student
 from dasd.training.optim import OptimConfig, build_optimizer
+from dasd.training.strategy import optimizer_offloaded
+
+
+def packed_loss_sum(model, batch: dict) -> torch.Tensor:
+    """Sum of the token cross-entropies of a packed micro-batch.
+
+    Labels are pre-shifted per sample (``shift_labels``) and ``num_items_in_batch=1`` turns HF's (and Liger's
+    fused linear) mean into a sum. Varlen attention gets the packer's sample boundaries; sdpa/eager derive a
+    block-diagonal mask from the restarting ``position_ids`` (``use_cache=False`` is what makes them do so).
+    """
+    extra = varlen_kwargs(batch) if uses_varlen(model) and "cu_seq_lens" in batch else {}
+    out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"],
+                shift_labels=batch["labels"], num_items_in_batch=torch.ones((), device=batch["input_ids"].device),
+                use_cache=False, **extra)
+    return out.loss
 
 
 class SFTModule(L.LightningModule):
@@ -34,10 +50,7 @@ class SFTModule(L.LightningModule):
 
     def forward_loss_sum(self, batch: dict) -> torch.Tensor:
         """Sum of token cross-entropies of a packed micro-batch (labels are pre-shifted per sample)."""
-        out = self.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                         labels=batch["labels"], shift_labels=batch["labels"], num_items_in_batch=torch.ones((), device=self.device),
-                         use_cache=False)
-        return out.loss
+        return packed_loss_sum(self.model, batch)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss_sum = self.forward_loss_sum(batch)
@@ -75,5 +88,6 @@ class SFTModule(L.LightningModule):
 
     def configure_optimizers(self):
         total = int(self.trainer.estimated_stepping_batches)
-        optimizer, scheduler = build_optimizer(self.model, self.optim_cfg, total)
+        optimizer, scheduler = build_optimizer(self.model, self.optim_cfg, total,
+                                               cpu_offload=optimizer_offloaded(self.trainer.strategy))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

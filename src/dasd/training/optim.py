@@ -14,6 +14,10 @@ from dataclasses import dataclass
 import torch
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
+from dasd.utils.logging import get_logger
+
+log = get_logger(__name__)
+
 
 @dataclass
 class OptimConfig:
@@ -41,12 +45,28 @@ def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
     return math.ceil(total_steps * warmup_ratio)
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int):
-    """AdamW and a per-step LR scheduler (Lightning ``interval: step``)."""
+def _cpu_adamw(groups: list[dict], cfg: OptimConfig):
+    """DeepSpeed's CPU AdamW (the optimizer step of ZeRO-Offload runs on the host, vectorised); its C++ op is
+    built on first use. Falls back to torch's AdamW (correct, slower) when the op cannot be built."""
+    try:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, adamw_mode=True)
+    except Exception as e:  # noqa: BLE001 - any build/import failure: the torch optimizer still trains correctly
+        log.warning("DeepSpeedCPUAdam unavailable (%s: %s); the offloaded optimizer step uses torch.optim.AdamW",
+                    type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        return None
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int, cpu_offload: bool = False):
+    """AdamW and a per-step LR scheduler (Lightning ``interval: step``). ``cpu_offload``: the optimizer states
+    live in host memory (ZeRO-Offload), so the step runs on the CPU with DeepSpeed's CPU AdamW."""
     if not 0 <= cfg.min_lr <= cfg.lr:
         raise ValueError(f"optim.min_lr={cfg.min_lr} must lie in [0, optim.lr={cfg.lr}]")
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
-                                  eps=cfg.eps)
+    groups = param_groups(model, cfg.weight_decay)
+    optimizer = _cpu_adamw(groups, cfg) if cpu_offload else None
+    if optimizer is None:
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, num_warmup_steps=warmup_steps(total_steps, cfg.warmup_ratio),
         num_training_steps=total_steps, min_lr=cfg.min_lr)

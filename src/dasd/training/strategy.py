@@ -17,8 +17,23 @@ def _require_cuda(name: str) -> None:
                          "On CPU use strategy=auto or strategy=ddp (with trainer=cpu).")
 
 
-def zero3_config(hidden_size: int, offload: bool = False, **overrides: Any) -> dict:
-    """The authors' ZeRO-3 config with HF's "auto" bucket sizes resolved from the model's hidden size."""
+OFFLOAD_MODES = {False: (), None: (), "none": (), "optimizer": ("optimizer",), True: ("optimizer", "param"),
+                 "all": ("optimizer", "param")}
+
+
+def offload_targets(offload: Any) -> tuple[str, ...]:
+    """``strategy.offload``: false|none (GPU only, the authors' setting), optimizer (ZeRO-Offload of the
+    optimizer states and step), true|all (optimizer and parameters)."""
+    if offload not in OFFLOAD_MODES:
+        raise ValueError(f"strategy.offload={offload!r}: use false, optimizer or all")
+    return OFFLOAD_MODES[offload]
+
+
+def zero3_config(hidden_size: int, offload: Any = False, **overrides: Any) -> dict:
+    """The authors' ZeRO-3 config with HF's "auto" bucket sizes resolved from the model's hidden size.
+
+    ``offload`` adds CPU offload of the optimizer (and of the parameters with ``all``); the authors ran without.
+    """
     zero = {
         "stage": 3, "overlap_comm": True, "contiguous_gradients": True, "sub_group_size": 1e9,
         "reduce_bucket_size": hidden_size * hidden_size,
@@ -27,14 +42,24 @@ def zero3_config(hidden_size: int, offload: bool = False, **overrides: Any) -> d
         "stage3_max_live_parameters": 1e9, "stage3_max_reuse_distance": 1e9,
         "stage3_gather_16bit_weights_on_model_save": True,
     }
-    if offload:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    for target in offload_targets(offload):
+        zero[f"offload_{target}"] = {"device": "cpu", "pin_memory": True}
     zero.update(overrides)
-    return {"zero_allow_untested_optimizer": True, "bf16": {"enabled": True}, "zero_optimization": zero}
+    # dasd builds its own optimizer (DeepSpeedCPUAdam when offloaded, torch AdamW otherwise or as fallback)
+    return {"zero_allow_untested_optimizer": True, "zero_force_ds_cpu_optimizer": False,
+            "bf16": {"enabled": True}, "zero_optimization": zero}
 
 
-def build_strategy(name: str, hidden_size: int | None = None, offload: bool = False,
+def optimizer_offloaded(strategy: Any) -> bool:
+    """The strategy keeps the optimizer states in host memory (DeepSpeed ZeRO-Offload)."""
+    config = getattr(strategy, "config", None)
+    if not isinstance(config, dict):
+        return False
+    device = (config.get("zero_optimization", {}).get("offload_optimizer") or {}).get("device", "none")
+    return device not in (None, "none")
+
+
+def build_strategy(name: str, hidden_size: int | None = None, offload: Any = False,
                    zero_overrides: dict | None = None, micro_batch_size: int = 1, **kwargs: Any):
     """Return a Lightning strategy (or its name) for ``strategy=<name>``.
 
