@@ -183,7 +183,7 @@ def one_round(index: int, root: Path, args: argparse.Namespace, dm, model, token
     t0 = time.perf_counter()  # what MixedPolicyRevision._revise does around run_round
     questions = draw(dm.selected_records(), settings["n_questions"], settings["seed"] + k)
     spec = build_spec(settings, round_index=k, student_model=str(weights), system_prompt=dm.templater.system_prompt,
-                      end_of_turn=dm.templater.end_of_turn, filters=filters)
+                      end_of_turn=dm.templater.end_of_turn, filters=filters, cutoff_len=dm.cutoff_len)
     stats = run_round(folder / "round", questions, spec, transport=settings["transport"], python=sys.executable)
     round_s = time.perf_counter() - t0
 
@@ -191,7 +191,7 @@ def one_round(index: int, root: Path, args: argparse.Namespace, dm, model, token
     t1 = time.perf_counter()  # MixedPolicyRevision._add
     extra = None
     if records.is_file() and records.stat().st_size > 0:
-        extra = dm.derive(str(records))
+        extra = dm.derive(str(records), prefiltered=True)
         extra.setup("fit")
     setup_s = time.perf_counter() - t1
     t2 = time.perf_counter()

@@ -129,3 +129,64 @@ def test_retarget_schedule_matches_a_fresh_schedule_of_the_new_length():
         opt.step()
         sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(cfg.min_lr)
+
+
+def test_references_are_computed_for_the_selected_records_only(tokenizer, tmp_path, monkeypatch):
+    """Two candidates per question, one selected: one reference per selected record, read back from its line."""
+    import dasd.data.datamodule as datamodule
+
+    rows = []
+    for i in range(4):
+        for k in range(2):
+            rows.append({**make_record(10 * i + k), "input": f"question {i}",
+                         "meta": json.dumps({"question_id": str(i), "answer": f"{i}-{k}"})})
+    path = write_jsonl(tmp_path / "two.jsonl", rows)
+    calls, reference_answer = [], datamodule.reference_answer
+
+    def counted(output, meta=None):
+        calls.append(output)
+        return reference_answer(output, meta)
+
+    monkeypatch.setattr(datamodule, "reference_answer", counted)
+    dm = SFTDataModule(path=str(path), tokenizer=tokenizer, selector=RandomSelector(), cutoff_len=256,
+                       cache_dir=str(tmp_path / "cache"))
+    dm.setup("fit")
+    selected = dm.selected_records()
+    assert len(selected) == 4 and len(calls) == 4
+    by_uuid = {r["uuid"]: r for r in rows}
+    for r in selected:
+        assert r["reference"] == json.loads(by_uuid[r["uuid"]]["meta"])["answer"]
+
+
+def test_response_tokens_do_not_depend_on_the_loss_mask(tokenizer, tmp_path):
+    """The rollout budget of a mixed-policy record is its whole response, whether or not the prefix is masked."""
+    mixed = {**make_record(7), "output": OUTPUT, "meta": json.dumps({"kind": "mixed_policy", STUDENT_PREFIX_KEY: 30})}
+    path = write_jsonl(tmp_path / "m.jsonl", [make_record(1), mixed])
+    counts = []
+    for mask in (False, True):
+        dm = _dm(tokenizer, path, tmp_path, mask_student_prefix=mask)
+        dm.setup("fit")
+        counts.append([r["response_tokens"] for r in dm.selected_records()])
+    assert counts[0] == counts[1]
+    whole = ChatTemplater(tokenizer).render(Record(mixed["uuid"], mixed["input"], OUTPUT, "math", mixed["meta"]))
+    assert counts[0][1] == whole.num_supervised - 1
+
+
+def test_derive_keeps_every_setting_and_skips_filters_for_filtered_rounds(tokenizer, tmp_path):
+    import inspect
+
+    from dasd.data.filters import FilterConfig
+
+    base = write_jsonl(tmp_path / "base.jsonl", [make_record(i) for i in range(3)])
+    dm = _dm(tokenizer, base, tmp_path, filters=FilterConfig(), mask_student_prefix=True, seed=5)
+    params = set(inspect.signature(SFTDataModule.__init__).parameters) - {"self"}
+    assert set(dm._args) == params  # every constructor argument, by name
+    # a record the filters would drop (no </think>): a round's output is not filtered, nor counted, twice
+    bad = {**make_record(50), "output": "no think block at all",
+           "meta": json.dumps({"kind": "mixed_policy", STUDENT_PREFIX_KEY: 3})}
+    records = write_jsonl(tmp_path / "round.jsonl", [bad])
+    again = dm.derive(str(records))
+    assert again.filter_cfg is not None and again.templater.mask_student_prefix and again.seed == 5
+    filtered = dm.derive(str(records), prefiltered=True)
+    filtered.setup("fit")
+    assert filtered.report()["filters"] is None and len(filtered.samples) == 1

@@ -39,6 +39,10 @@ def check_round(folder: Path) -> list[dict]:
         assert math.ceil(cut["length"] / 2) <= cut["index"] <= cut["raw"] <= cut["length"] - 1
         assert (rollout["lead"] + rollout["text"]).startswith(rec["output"][:b])
         assert rec["finish_reason"] == "stop" and rec["output"][b:]
+        assert 1 <= meta["continuation_budget"] <= 256  # mixed.teacher.max_tokens, bounded by data.cutoff_len
+        assert len(rec["teacher_token_ids"]) <= meta["continuation_budget"]
+    assert sum(stats["skipped"].values()) + stats["continued"] == stats["truncated"] - sum(
+        r["finish_reason"] == "length" and r["length"] < 2 for r in rollouts.values())  # every drop counted
     return records
 
 
@@ -92,7 +96,8 @@ def test_stage_mixed_trains_one_epoch_on_revised_and_offpolicy_samples(tmp_path)
     assert proc.returncode != 0 and "Run that stage first" in proc.stderr
     run_train(tmp_path, "stage=1", *common)
     run_train(tmp_path, "stage=2", *common)
-    run_train(tmp_path, "stage=mixed", "mixed.extra_offpolicy=8", "logger=csv", "mixed.transport=inprocess", *SMALL)
+    stage3 = ["stage=mixed", "mixed.extra_offpolicy=8", "logger=csv", "mixed.transport=inprocess", *SMALL]
+    run_train(tmp_path, *stage3)
     exp = tmp_path / "outputs" / "default"
     run = exp / "stage3"
     records = check_round(run / "mixed" / "round_0")
@@ -101,6 +106,7 @@ def test_stage_mixed_trains_one_epoch_on_revised_and_offpolicy_samples(tmp_path)
     train = read_jsonl(run / "mixed" / "train.jsonl")
     composition = json.loads((run / "mixed" / "composition.json").read_text())
     assert composition["mixed_policy"] == len(records) and composition["off_policy"] == 8
+    assert composition["pool_duplicates_dropped"] == 0  # stage 1 and stage 2 train on different files
     assert train[:len(records)] == records
     pools = {}  # off-policy samples are the stages' selected records, verbatim
     for name in ("pool_T0.6.jsonl", "pool_T1.0.jsonl"):
@@ -109,7 +115,14 @@ def test_stage_mixed_trains_one_epoch_on_revised_and_offpolicy_samples(tmp_path)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "completed" and manifest["parent"]["run_dir"] == str(exp / "stage2")
     assert manifest["data"]["selection"]["selected"] == len(train) and manifest["mixed"]["kept"] == len(records)
+    assert manifest["data"]["filters"] is None  # the round and the parent runs filtered (and counted) already
+    assert "per_question" not in manifest["mixed"] and manifest["mixed"]["composition"] == composition
     assert {r["epoch"] for r in metrics(run)} == {0}  # one epoch
+    # a completed stage=mixed returns at once: no parent data rebuilt, no round, no train.jsonl rewritten
+    stamps = {p: p.stat().st_mtime_ns for p in (run / "mixed").rglob("*") if p.is_file()}
+    again = run_train(tmp_path, *stage3)
+    assert "nothing to do" in again.stdout + again.stderr
+    assert {p: p.stat().st_mtime_ns for p in (run / "mixed").rglob("*") if p.is_file()} == stamps
 
 
 @pytest.mark.vllm

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -16,10 +17,11 @@ from transformers import PreTrainedTokenizerBase
 from dasd.data import cache
 from dasd.data.filters import FilterConfig, FilterInput, FilterReport, apply_filters, build_filters
 from dasd.data.packing import PackCollator, PackedDataset, PackingReport, pack_samples
+from dasd.data.records import Record
 from dasd.data.sampler import ResumableDataLoader, StepBatchSampler
 from dasd.data.selection import question_key
 from dasd.data.sources import SourceReport, TeacherRecord, iter_generated, iter_released, join_logprobs
-from dasd.data.template import ChatTemplater, TokenizedSample
+from dasd.data.template import ChatTemplater, TokenizedSample, student_prefix_chars
 from dasd.eval.grading import reference_answer
 from dasd.utils.logging import get_logger
 
@@ -75,7 +77,12 @@ class SFTDataModule(L.LightningDataModule):
                  num_proc: int = 1, filters: FilterConfig | None = None, source_format: str = "released",
                  logprobs_path: str | None = None, mask_student_prefix: bool = False) -> None:
         super().__init__()
-        self._args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self._args = dict(path=path, tokenizer=tokenizer, selector=selector, cutoff_len=cutoff_len,
+                          micro_batch_size=micro_batch_size, accumulate=accumulate, system_prompt=system_prompt,
+                          end_of_turn=end_of_turn, on_error=on_error, seed=seed, max_samples=max_samples,
+                          num_workers=num_workers, cache_dir=cache_dir, num_proc=num_proc, filters=filters,
+                          source_format=source_format, logprobs_path=logprobs_path,
+                          mask_student_prefix=mask_student_prefix)  # what ``derive`` starts from
         self.path, self.tokenizer, self.selector = path, tokenizer, selector
         self.cutoff_len, self.micro_batch_size, self.accumulate = cutoff_len, micro_batch_size, accumulate
         self.templater = ChatTemplater(tokenizer, system_prompt=system_prompt, end_of_turn=end_of_turn,
@@ -143,7 +150,7 @@ class SFTDataModule(L.LightningDataModule):
             if apply_filters([x], filters, report=freport)[0]:
                 index[t.record.uuid] = writer.add(sample)
                 light.append(replace(t.record, output=""))  # selection needs the question, not the response
-                info[t.record.uuid] = (sample.num_supervised - 1, reference_answer(t.record.output, t.record.meta))
+                info[t.record.uuid] = response_tokens(self.templater, t.record, sample)
                 if observe is not None:
                     observe(t, sample)
         selected, selection = self.selector.select(light)
@@ -161,12 +168,15 @@ class SFTDataModule(L.LightningDataModule):
                      {n: st.dropped for n, st in freport.stats.items()})
         if hasattr(self.selector, "write_artifacts"):
             self.selector.write_artifacts(writer.tmp)
+        references = [""] * len(selected)  # of the selected records only: their responses are read back once
+        for i, row in iter_source_rows([r.source for r in selected]):
+            references[i] = reference_answer(row["output"], row.get("meta"))
         with (writer.tmp / SELECTED_FILE).open("w", encoding="utf-8") as f:
-            for r in selected:
-                tokens, reference = info[r.uuid]
+            for r, reference in zip(selected, references, strict=True):
                 f.write(json.dumps({"uuid": r.uuid, "question_key": question_key(r), "input": r.input,
                                     "domain": r.domain, "meta": r.meta, "source": r.source,
-                                    "response_tokens": tokens, "reference": reference}, ensure_ascii=False) + "\n")
+                                    "response_tokens": info[r.uuid], "reference": reference},
+                                   ensure_ascii=False) + "\n")
         writer.finish([index[r.uuid] for r in selected], report)
 
     def _data_identity(self) -> dict:
@@ -217,12 +227,17 @@ class SFTDataModule(L.LightningDataModule):
         with (self.folder / SELECTED_FILE).open(encoding="utf-8") as f:
             return [json.loads(line) for line in f]
 
-    def derive(self, path: str, source_format: str = "released", selector=None) -> SFTDataModule:
-        """Another data module over ``path`` with this one's tokenizer, template, filters and cache settings."""
+    def derive(self, path: str, source_format: str = "released", selector=None,
+               prefiltered: bool = False) -> SFTDataModule:
+        """Another data module over ``path`` with this one's tokenizer, template, filters and cache settings.
+        ``prefiltered``: the records passed the filters where they were made (a mixed-policy round, which
+        counts its drops in its ``stats.json``), so they are not filtered, nor counted, a second time."""
         from dasd.data.selection import KeepAllSelector
 
         args = {**self._args, "path": path, "source_format": source_format, "logprobs_path": None,
                 "selector": selector or KeepAllSelector(), "max_samples": None}
+        if prefiltered:
+            args["filters"] = None
         return SFTDataModule(**args)
 
     def set_extra(self, extra: SFTDataModule | None, **info) -> None:
@@ -254,6 +269,54 @@ class SFTDataModule(L.LightningDataModule):
         return ResumableDataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
                                    collate_fn=PackCollator(self.tokenizer.pad_token_id), progress=progress,
                                    base=lambda: self.epoch_base)
+
+
+def response_tokens(templater: ChatTemplater, record: Record, sample: TokenizedSample) -> int:
+    """Student tokens of the record's response without the end-of-turn token, whatever the loss mask: the
+    supervised tokens less the end-of-turn, plus a mixed-policy record's student prefix when
+    ``mask_student_prefix`` leaves it unsupervised (tokenized on its own, as ``ChatTemplater.render`` does)."""
+    n = sample.num_supervised - 1
+    if templater.mask_student_prefix:
+        boundary = student_prefix_chars(record)
+        if boundary is not None:
+            n += len(templater.tokenizer.encode(record.output[:boundary], add_special_tokens=False))
+    return n
+
+
+def iter_source_rows(sources: Sequence[str]) -> Iterator[tuple[int, dict]]:
+    """``(i, row)`` for each ``sources[i]`` = ``file:line`` (``Record.source``): the JSON object on that line,
+    in file order, each file streamed once. Lines are counted in binary mode, split at ``b"\\n"`` only, as the
+    readers count them (``records.iter_jsonl``), so a ``\\r`` or a U+2028 inside a line never shifts them.
+    ValueError names the locations that are not in their file (was it changed?)."""
+    wanted: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for i, src in enumerate(sources):
+        path, _, line = src.rpartition(":")
+        if not path or not line.isdigit():
+            raise ValueError(f"not a file:line location: {src!r}")
+        wanted[path][int(line)].append(i)
+    found: set[int] = set()
+    for path, lines in wanted.items():
+        last = max(lines)
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, start=1):
+                if n in lines:
+                    row = json.loads(raw)
+                    for i in lines[n]:
+                        found.add(i)
+                        yield i, row
+                if n >= last:
+                    break
+    missing = [sources[i] for i in range(len(sources)) if i not in found]
+    if missing:
+        raise ValueError(f"records not found at their source lines (was the file changed?): {missing[:5]}")
+
+
+def source_rows(sources: Sequence[str]) -> list[dict]:
+    """The JSON objects at ``sources`` (``file:line``), in the given order (``iter_source_rows``)."""
+    out: list[dict | None] = [None] * len(sources)
+    for i, row in iter_source_rows(sources):
+        out[i] = row
+    return out
 
 
 class _Concat(Sequence):

@@ -160,10 +160,15 @@ class FilterConfig:
 
 
 class TruncatedFilter:
+    """Rejects responses that hit their token budget (and, with ``require_final``, have no final answer).
+    ``name`` reports it under another reason (the mixed-policy round: ``continuation_unfinished``)."""
+
     name = "truncated"
 
-    def __init__(self, cfg: TruncatedConfig | None = None) -> None:
+    def __init__(self, cfg: TruncatedConfig | None = None, name: str | None = None) -> None:
         self.cfg = cfg or TruncatedConfig()
+        if name is not None:
+            self.name = name
 
     def check(self, x: FilterInput) -> str | None:
         if x.finish_reason == "length":

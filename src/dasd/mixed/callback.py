@@ -6,6 +6,10 @@ cut, continued by the teacher and filtered (``dasd.mixed.revise``), and the surv
 stage's own (off-policy) data for epoch e+1 (``mixed/round_<e+1>/``). Each round replaces the previous
 round's samples. The LR schedule is stretched to the new epoch length (same warmup, cosine to min_lr at
 the new end). The round is part of the Lightning checkpoint: a resumed run trains on the same data.
+
+Several ranks: rank 0 runs the round while the others wait for its done (or error) marker in the round folder
+(``dasd.mixed.sync``), polling, not in a collective, so a round may take longer than the process group's
+timeout; a cheap barrier follows.
 """
 
 from __future__ import annotations
@@ -20,20 +24,45 @@ from dasd.data.datamodule import SFTDataModule
 from dasd.data.sampler import StepBatchSampler
 from dasd.mixed.report import log_round
 from dasd.mixed.round import build_spec, draw, run_round
+from dasd.mixed.sync import RankZeroWork
 from dasd.training.optim import OptimConfig, retarget_schedule, warmup_steps
 from dasd.utils.logging import get_logger
 
 log = get_logger(__name__)
 
 
+def offload_plan(strategy, module_on_cuda: bool) -> str:
+    """How ``offload_training_state`` parks the training state for a round: ``"none"`` (not on a GPU),
+    ``"deepspeed"`` (ZeRO-3's ``offload_states``), ``"already_offloaded"`` (a ZeRO config that offloads the
+    optimizer or the parameters to the CPU already: DeepSpeed's ``offload_states`` refuses to move those, and
+    what it would move is in host memory anyway) or ``"module"`` (``.cpu()`` of the module and optimizer state)."""
+    if not module_on_cuda:
+        return "none"
+    engine = getattr(strategy, "deepspeed_engine", None)
+    if engine is None or engine.zero_optimization_stage() != 3:
+        return "module"
+    zero = (getattr(strategy, "config", None) or {}).get("zero_optimization") or {}
+    offloaded = [k for k in ("offload_optimizer", "offload_param")
+                 if str((zero.get(k) or {}).get("device", "none")).lower() not in ("none", "")]
+    return "already_offloaded" if offloaded else "deepspeed"
+
+
 @contextlib.contextmanager
 def training_state_offloaded(trainer: L.Trainer, module: L.LightningModule, enabled: bool):
     """On a GPU, park the model and optimizer state in CPU memory while a child process generates."""
-    if not enabled or not torch.cuda.is_available() or module.device.type != "cuda":
+    on_cuda = enabled and torch.cuda.is_available() and module.device.type == "cuda"
+    plan = offload_plan(trainer.strategy, on_cuda)
+    if plan == "none":
         yield
         return
-    engine = getattr(trainer.strategy, "deepspeed_engine", None)
-    if engine is not None and engine.zero_optimization_stage() == 3:
+    if plan == "already_offloaded":
+        log.info("mixed.offload_training_state: the ZeRO config already keeps the optimizer/parameters in CPU "
+                 "memory; nothing more is moved for the revision round (%.1f GiB allocated)",
+                 torch.cuda.memory_allocated() / 2**30)
+        yield
+        return
+    if plan == "deepspeed":
+        engine = trainer.strategy.deepspeed_engine
         engine.offload_states()  # DeepSpeed >= 0.15: parameters, gradients and optimizer states to CPU
         torch.cuda.empty_cache()
         try:
@@ -106,10 +135,18 @@ class MixedPolicyRevision(L.Callback):
             return
         k = e + 1
         stats = None
+        work = RankZeroWork(self.folder(k), "round", what=f"mixed-policy round {k}")
+        key = f"round {k} at step {trainer.global_step}"
         with training_state_offloaded(trainer, module, self.settings.get("offload_training_state", True)):
             if trainer.is_global_zero:
-                stats = self._revise(k, self.hf_dir / f"epoch_{e}")
-            trainer.strategy.barrier("mixed_policy_round")
+                work.clear()  # a marker left by an earlier attempt at this round must not release the others
+            trainer.strategy.barrier("mixed_policy_start")  # cheap: every rank has just finished the epoch
+            if trainer.is_global_zero:
+                with work.signal(key):
+                    stats = self._revise(k, self.hf_dir / f"epoch_{e}")
+            else:  # no collective while rank 0 works: a round may outlast the process group's timeout
+                work.wait(key)
+            trainer.strategy.barrier("mixed_policy_round")  # cheap: the round is over
         self._add(k)
         self.dm.epoch_base = (k, trainer.global_step)
         self._stretch(trainer)
@@ -124,7 +161,7 @@ class MixedPolicyRevision(L.Callback):
         questions = draw(self.dm.selected_records(), s["n_questions"], s["seed"] + k)
         t = self.dm.templater
         spec = build_spec(s, round_index=k, student_model=str(weights), system_prompt=t.system_prompt,
-                          end_of_turn=t.end_of_turn, filters=self.filters)
+                          end_of_turn=t.end_of_turn, filters=self.filters, cutoff_len=self.dm.cutoff_len)
         stats = run_round(self.folder(k), questions, spec, transport=s["transport"], python=s.get("python"))
         log.info("mixed-policy round %d: %d/%d rollouts truncated, %d samples added for epoch %d",
                  k, stats["truncated"], stats["questions"], stats["kept"], k)
@@ -136,7 +173,7 @@ class MixedPolicyRevision(L.Callback):
             log.warning("mixed-policy round %d kept no samples; the next epoch trains on the stage's data alone", k)
             self.dm.set_extra(None)
         else:
-            extra = self.dm.derive(str(records))
+            extra = self.dm.derive(str(records), prefiltered=True)  # the round filtered (and counted) them
             extra.setup("fit")
             self.dm.set_extra(extra, round=k)
         self.round = k

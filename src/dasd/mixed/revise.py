@@ -6,7 +6,9 @@ interface with the training system prompt and chat template, with a budget of
 Rollouts that stopped on that limit are the truncated set.
 
 ``continue``: each truncated rollout is cut at a seeded point in [⌈L/2⌉, L−1] (``cut.choose_cut``), the
-teacher continues from the student's prefix in token space (``continuation``), and the assembled
+teacher continues from the student's prefix in token space (``continuation``) with at most the tokens the
+sample has left under ``cutoff_len`` (``continuation_budget``; a prefix leaving none is dropped and counted
+as ``prefix_too_long``), and the assembled
 responses pass the data-curation filters plus "the continuation ended on its own" (and, optionally,
 "the answer equals the reference"); the survivors are written as training records in the released format
 (``mixed.jsonl``), each with ``meta.student_prefix_chars`` marking the student/teacher boundary.
@@ -34,6 +36,8 @@ from dasd.data.filters import (
     FilterConfig,
     FilterInput,
     FilterReport,
+    TruncatedConfig,
+    TruncatedFilter,
     apply_filters,
     build_filters,
     token_counter,
@@ -156,17 +160,16 @@ def run_rollout(spec: dict, folder: Path) -> dict:
     return info
 
 
-class _Finished:
-    """The teacher's continuation ended on its own: not on its token budget (and, for harmony, with a final
-    answer after the reasoning)."""
+def continuation_budget(max_tokens: int, cutoff_len: int | None, prefix_tokens: int) -> int:
+    """The teacher's token budget for continuing one prefix: ``max_tokens`` (``mixed.teacher.max_tokens``), and
+    at most the room the sample has left under ``cutoff_len``: ``cutoff_len - prefix_tokens - 1`` (the
+    end-of-turn token). A result < 1 means the prefix leaves no room (the round drops it as ``prefix_too_long``).
 
-    name = "continuation_unfinished"
-
-    def __init__(self, finished: dict[str, bool]) -> None:
-        self.finished = finished
-
-    def check(self, x: FilterInput) -> str | None:
-        return None if self.finished.get(x.uuid) else f"continuation finish_reason={x.finish_reason}"
+    ``prefix_tokens`` is counted in the *student's* tokenization: the rollout's prompt ids (the training
+    template, the response lead included) plus the ``cut.index`` tokens of the rollout the student kept. The
+    room is then spent in *teacher* tokens, which need not match one to one, so an assembled sample can still
+    end up a little over ``cutoff_len``; the ``length`` filter checks its exact student-token length."""
+    return max_tokens if cutoff_len is None else min(max_tokens, cutoff_len - prefix_tokens - 1)
 
 
 class _Correct:
@@ -192,7 +195,7 @@ def run_continue(spec: dict, folder: Path) -> dict:
     templater = ChatTemplater(student_tok, system_prompt=spec["student"]["system_prompt"],
                               end_of_turn=spec["student"]["end_of_turn"])
     truncated = [r for r in rollouts if r["finish_reason"] == "length" and r["length"] >= 2]
-    cuts, skipped = {}, {"no_clean_cut": [], "prefix_format": []}
+    cuts, skipped = {}, {"no_clean_cut": [], "prefix_too_long": [], "prefix_format": []}
     for r in truncated:
         rng = random.Random(sample_seed(spec["seed"], r["uuid"], 1_000_003 + spec["round"]))
         try:
@@ -201,19 +204,28 @@ def run_continue(spec: dict, folder: Path) -> dict:
                                          min_chars=spec["cut"]["min_chars"])
         except ValueError as e:  # e.g. a rollout of continuation bytes only: counted, never silently lost
             skipped["no_clean_cut"].append({"uuid": r["uuid"], "detail": str(e)})
+    budgets = {}
+    for u, c in cuts.items():
+        prefix_tokens = len(templater.generation_prompt_ids(questions[u]["input"])[0]) + c.index
+        budget = continuation_budget(t["max_tokens"], spec.get("cutoff_len"), prefix_tokens)
+        if budget >= 1:
+            budgets[u] = budget
+        else:  # the prefix alone fills the sample: counted, never silently lost
+            skipped["prefix_too_long"].append({"uuid": u, "detail": f"{prefix_tokens} student tokens of prompt and "
+                                               f"prefix leave no room under cutoff_len {spec.get('cutoff_len')}"})
     fmt = TeacherFormat(kind=t["format"], system_prompt=t["system_prompt"],
                         chat_template_kwargs=dict(t.get("chat_template_kwargs") or {}))
     t0 = time.perf_counter()
     engine = build_engine(t["engine"], t["model"], t.get("engine_args"))
     load_s = time.perf_counter() - t0
     prompts = {}
-    for u, c in cuts.items():
+    for u in budgets:
         try:
-            prompts[u] = continuation_prompt(engine.tokenizer, questions[u]["input"], c.prefix_text, fmt)
+            prompts[u] = continuation_prompt(engine.tokenizer, questions[u]["input"], cuts[u].prefix_text, fmt)
         except ValueError as e:  # harmony needs a prefix opening with "<think>\n"
             skipped["prefix_format"].append({"uuid": u, "detail": str(e)})
     order = list(prompts)
-    requests = [Request(prompt_token_ids=tuple(prompts[u].token_ids),
+    requests = [Request(prompt_token_ids=tuple(prompts[u].token_ids), max_tokens=budgets[u],
                         seed=sample_seed(spec["seed"], u, 2_000_003 + spec["round"])) for u in order]
     sampling = SamplingConfig(temperature=t["temperature"], top_p=t["top_p"], max_tokens=t["max_tokens"],
                               seed=spec["seed"])
@@ -228,7 +240,10 @@ def run_continue(spec: dict, folder: Path) -> dict:
     finally:
         engine.close()
     # filters on the assembled responses: continuation finished, the curation filters, optional correctness
-    filters = [_Finished({u: a.finished for u, a in assembled.items()})] if spec["require_finished"] else []
+    # "finished" = the continuation stopped on its own (finish_reason), for harmony with a final answer too
+    # (has_final): the curation filter ``truncated``, reported under its own name
+    unfinished = TruncatedFilter(TruncatedConfig(require_final=fmt.kind == "harmony"), name="continuation_unfinished")
+    filters = [unfinished] if spec["require_finished"] else []
     if spec["filters"] and spec["filters"].get("order"):
         filters += build_filters(FilterConfig.from_dict(spec["filters"]), count=token_counter(templater))
     if spec["require_correct"]:
@@ -240,7 +255,7 @@ def run_continue(spec: dict, folder: Path) -> dict:
     kept, report = apply_filters(inputs, filters, report=report)
     caps = {r["uuid"]: r["cap"] for r in rollouts}
     records = [_record(spec, questions[x.uuid], cuts[x.uuid], assembled[x.uuid], conts[x.uuid], teacher_name,
-                       caps[x.uuid]) for x in kept]
+                       caps[x.uuid], budgets[x.uuid]) for x in kept]
     write_jsonl(paths.records, records)
     filter_s = time.perf_counter() - t2
     info = {"phase": "continue", "truncated": len(truncated), "continued": len(order),
@@ -257,7 +272,7 @@ def run_continue(spec: dict, folder: Path) -> dict:
     return info
 
 
-def _record(spec: dict, q: dict, cut, a, cont, teacher_name: str, cap: int) -> dict:
+def _record(spec: dict, q: dict, cut, a, cont, teacher_name: str, cap: int, budget: int) -> dict:
     """A training record in the released format; the provenance and the boundary live in ``meta``."""
     try:
         meta = json.loads(q["meta"]) if q.get("meta") else {}
@@ -268,7 +283,7 @@ def _record(spec: dict, q: dict, cut, a, cont, teacher_name: str, cap: int) -> d
             "cut": {"length": cut.length, "raw": cut.raw, "index": cut.index, "snapped": cut.snapped},
             "student_model": spec["student"]["model"], "teacher_model": teacher_name,
             "teacher_response_tokens": q["response_tokens"],
-            "cap": cap}
+            "cap": cap, "continuation_budget": budget}
     return {"uuid": str(uuid.uuid5(MIXED_NAMESPACE, f"{q['uuid']}/{spec['round']}/{spec_hash(spec)}")),
             "input": q["input"], "output": a.output, "domain": q["domain"], "meta": json.dumps(meta),
             "finish_reason": cont.finish_reason, "has_tool_call": a.has_tool_call,

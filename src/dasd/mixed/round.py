@@ -40,13 +40,14 @@ def draw(items: list[dict], n: int | None, seed: int) -> list[dict]:
 
 
 def build_spec(settings: dict, *, round_index: int, student_model: str, system_prompt: str | None,
-               end_of_turn: str, filters: dict | None) -> dict:
+               end_of_turn: str, filters: dict | None, cutoff_len: int | None = None) -> dict:
     """The JSON spec of a round from the ``mixed`` config (see conf/mixed/default.yaml); ``run_round`` adds
-    the hash of the round's questions."""
+    the hash of the round's questions. ``cutoff_len`` (``data.cutoff_len``, student tokens of a templated
+    sample) bounds each teacher continuation (``revise.continuation_budget``); None: no bound."""
     s, t = settings["student"], settings["teacher"]
     return {
         "round": round_index, "seed": settings["seed"], "cap_factor": settings["cap_factor"],
-        "batch_size": settings["batch_size"],
+        "batch_size": settings["batch_size"], "cutoff_len": None if cutoff_len is None else int(cutoff_len),
         "student": {"model": str(student_model), "fingerprint": model_fingerprint(str(student_model)),
                     "engine": s["engine"], "engine_args": dict(s.get("engine_args") or {}),
                     "temperature": s["temperature"], "top_p": s["top_p"], "system_prompt": system_prompt,

@@ -2,32 +2,70 @@
 
 1. Questions: the selected (curated) records of this experiment's ``mixed.question_runs`` (stage 1 and
    stage 2), read from their data caches by rebuilding each run's data module from its manifest's config
-   (a cache hit; DAS selections come back from the score store).
+   (a cache hit; DAS selections come back from the score store); each uuid once (stage 1 and stage 2 may
+   train on the same file; the duplicates are counted in ``composition.json``).
 2. Round 0 (``mixed/round_0/``): the stage's starting weights (stage 2's final checkpoint) answer
    ``mixed.n_questions`` of them; truncated answers are cut, continued by the teacher and filtered.
 3. Off-policy: ``mixed.extra_offpolicy`` records drawn from the same selected data, copied verbatim from their
    source files.
 4. ``mixed/train.jsonl`` = the kept mixed-policy records + the off-policy records; the stage trains on it
-   (released format, every record kept: ``sampler=all``).
+   (released format, every record kept: ``sampler=all``, and no second filter pass: the round filtered and
+   counted its records, the parent runs theirs).
+
+The stage's training config (``mixed_training_config``) does not depend on the round's outputs, so
+``train`` can tell a completed run (and return) before any of this. With several ranks only global rank 0
+(from the launcher's environment: no process group exists yet) builds the data; the others wait for its
+``mixed/prepared.done.json`` marker (``dasd.mixed.sync``).
 """
 
 from __future__ import annotations
 
+import copy
 import json
-from collections import defaultdict
 from pathlib import Path
 
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from dasd.data.datamodule import source_rows
+from dasd.data.selection import KeepAllSelector
 from dasd.mixed.revise import read_jsonl, write_jsonl
 from dasd.mixed.round import build_spec, draw, run_round
+from dasd.mixed.sync import RankZeroWork, env_rank_zero
 from dasd.models.student import load_tokenizer
 from dasd.training.stages import resolve_init
 from dasd.utils.logging import get_logger
 from dasd.utils.run import Manifest
 
 log = get_logger(__name__)
+
+# round statistics kept out of the manifest (per question and per cut: they live in round_0/stats.json)
+BULKY_STATS = ("per_question", "cut_fractions")
+
+
+def keep_all_sampler() -> dict:
+    """The ``sampler=all`` config (conf/sampler/all.yaml), built from the selector class it instantiates."""
+    return {"_target_": f"{KeepAllSelector.__module__}.{KeepAllSelector.__qualname__}", "name": KeepAllSelector.name}
+
+
+def train_file(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.run_dir) / "mixed" / "train.jsonl"
+
+
+def mixed_training_config(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` that trains on ``mixed/train.jsonl`` (written by ``prepare_mixed_stage``): released
+    format, every record kept (``sampler=all``), no second filter pass (``data.prefiltered``)."""
+    out = copy.deepcopy(cfg)
+    with open_dict(out):
+        out.data.path, out.data.format, out.data.logprobs = str(train_file(cfg)), "released", None
+        out.data.prefiltered = True
+        out.sampler = OmegaConf.create(keep_all_sampler())
+    return out
+
+
+def round_summary(stats: dict) -> dict:
+    """The round's statistics for the manifest (without the per-question lists)."""
+    return {k: v for k, v in stats.items() if k not in BULKY_STATS}
 
 
 def parent_selection(cfg: DictConfig, make_datamodule, tokenizer) -> list[dict]:
@@ -47,56 +85,57 @@ def parent_selection(cfg: DictConfig, make_datamodule, tokenizer) -> list[dict]:
     return pool
 
 
-def _source_lines(records: list[dict]) -> list[dict]:
-    """The full records behind ``source`` = ``file:line`` (each file streamed once), in the given order."""
-    wanted: dict[str, dict[int, int]] = defaultdict(dict)
-    for i, r in enumerate(records):
-        path, _, line = r["source"].rpartition(":")
-        wanted[path][int(line)] = i
-    out: list[dict | None] = [None] * len(records)
-    for path, lines in wanted.items():
-        with open(path, encoding="utf-8") as f:
-            for n, text in enumerate(f, start=1):
-                if n in lines:
-                    out[lines[n]] = json.loads(text)
-    missing = [records[i]["source"] for i, r in enumerate(out) if r is None]
-    if missing:
-        raise ValueError(f"off-policy records not found at their source lines (was the file changed?): {missing[:5]}")
-    return out
+def unique_by_uuid(records: list[dict]) -> tuple[list[dict], int]:
+    """The records with each uuid once (its first occurrence), and how many were dropped as duplicates."""
+    first: dict[str, dict] = {}
+    for r in records:
+        first.setdefault(r["uuid"], r)
+    return list(first.values()), len(records) - len(first)
 
 
-def prepare_mixed_stage(cfg: DictConfig, make_datamodule) -> tuple[DictConfig, dict]:
-    """Run round 0 and write ``mixed/train.jsonl``; returns the config training on it and the round's stats."""
+def prepare_mixed_stage(cfg: DictConfig, make_datamodule, key: str | None = None,
+                        rank_zero: bool | None = None) -> dict | None:
+    """Run round 0 and write ``mixed/train.jsonl`` (train on it with ``mixed_training_config(cfg)``); returns
+    the round's statistics with the data's composition. Only rank 0 (``env_rank_zero`` unless ``rank_zero``
+    says) builds them; the other ranks wait for its marker with ``key`` and return None."""
+    work = RankZeroWork(Path(cfg.paths.run_dir) / "mixed", "prepared", what="stage=mixed round 0")
+    if not (env_rank_zero() if rank_zero is None else rank_zero):
+        work.wait(key)
+        return None
+    with work.signal(key):
+        return _prepare(cfg, make_datamodule)
+
+
+def _prepare(cfg: DictConfig, make_datamodule) -> dict:
     run_dir = Path(cfg.paths.run_dir)
     init, _ = resolve_init(cfg)
     tokenizer = load_tokenizer(init)
     m = OmegaConf.to_container(cfg.mixed, resolve=True)
-    pool = parent_selection(cfg, make_datamodule, tokenizer)
+    # one file behind both stages puts its records in both selections: each uuid once, or a question would be
+    # revised twice and train.jsonl would hold a uuid twice (an error when it is read)
+    pool, duplicates = unique_by_uuid(parent_selection(cfg, make_datamodule, tokenizer))
     questions = draw(pool, m["n_questions"], m["seed"])
     offpolicy = draw(pool, m["extra_offpolicy"], m["seed"] + 1)
     d = cfg.data
     filters = OmegaConf.to_container(cfg.filters, resolve=True) if cfg.filters.order else None
     spec = build_spec(m, round_index=0, student_model=init, system_prompt=d.system_prompt,
-                      end_of_turn=d.end_of_turn, filters=filters)
+                      end_of_turn=d.end_of_turn, filters=filters, cutoff_len=d.cutoff_len)
     folder = run_dir / "mixed" / "round_0"
     stats = run_round(folder, questions, spec, transport=m["transport"], python=m.get("python"))
-    train_file = run_dir / "mixed" / "train.jsonl"
-    with FileLock(str(train_file) + ".lock"):
+    path = train_file(cfg)
+    with FileLock(str(path) + ".lock"):
         mixed = read_jsonl(folder / "mixed.jsonl")
-        seen = {r["uuid"] for r in mixed}
-        extra = [r for r in _source_lines(offpolicy) if r["uuid"] not in seen]
+        extra = source_rows([r["source"] for r in offpolicy])
         rows = mixed + extra
         if not rows:
             raise ValueError(f"stage=mixed has no training data: round 0 kept no samples ({folder / 'stats.json'}) "
                              "and mixed.extra_offpolicy is 0")
-        write_jsonl(train_file, rows)
-    composition = {"train_file": str(train_file), "mixed_policy": len(mixed), "off_policy": len(extra),
-                   "questions_pool": len(pool), "questions_drawn": len(questions),
+        write_jsonl(path, rows)
+    composition = {"train_file": str(path), "mixed_policy": len(mixed), "off_policy": len(extra),
+                   "questions_pool": len(pool), "pool_duplicates_dropped": duplicates,
+                   "questions_drawn": len(questions),
                    "off_policy_by_run": {run: sum(r["run"] == run for r in offpolicy) for run in m["question_runs"]}}
     (run_dir / "mixed" / "composition.json").write_text(json.dumps(composition, indent=2))
-    log.info("stage=mixed data: %d mixed-policy + %d off-policy samples -> %s", len(mixed), len(extra), train_file)
-    with open_dict(cfg):
-        cfg.data.path, cfg.data.format, cfg.data.logprobs = str(train_file), "released", None
-        cfg.sampler = OmegaConf.create({"_target_": "dasd.data.selection.KeepAllSelector", "name": "all"})
-    return cfg, {**{k: v for k, v in stats.items() if k not in ("per_question", "cut_fractions")},
-                 "composition": composition}
+    log.info("stage=mixed data: %d mixed-policy + %d off-policy samples -> %s (%d records selected by more than "
+             "one parent run counted once)", len(mixed), len(extra), path, duplicates)
+    return {**stats, "composition": composition}

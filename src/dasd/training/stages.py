@@ -31,7 +31,7 @@ NON_TRAINING_KEYS = ("resume", "logger", "paths", "tags", "train.save_every_n_st
                      "data.cache", "data.num_proc", "data.num_workers", "data_only", "sampler.engine",
                      "sampler.engine_args", "sampler.batch_size", "sampler.flush_every", "sampler.num_examples",
                      "sampler.store_dir", "mixed.transport", "mixed.python", "mixed.batch_size",
-                     "mixed.offload_training_state")
+                     "mixed.offload_training_state", "strategy.timeout_minutes")
 
 
 @dataclass
@@ -47,9 +47,30 @@ class StagePlan:
     display_name: str = ""
 
 
+# Keys that only restate another key (train.epochs = ${stage.epochs}) or only feed the mixed-policy settings
+# (mixed.teacher.chat_template_kwargs = ${data.teacher_chat_template_kwargs}): the hash sees them where they act.
+DERIVED_KEYS = ("stage.epochs", "data.teacher_chat_template_kwargs")
+
+
+def mixed_policy_active(config: dict) -> bool:
+    """The ``mixed`` settings act on this run: ``stage=mixed`` or ``callbacks=mixed_policy``."""
+    return bool((config.get("stage") or {}).get("mixed")) or bool((config.get("callbacks") or {}).get("mixed_policy"))
+
+
 def training_config_hash(config: dict) -> str:
+    """The hash of what a run trains (a resume must match it). Besides ``NON_TRAINING_KEYS`` and
+    ``DERIVED_KEYS``, the ``mixed`` group counts only where it acts (``mixed_policy_active``; elsewhere only a
+    ``mask_student_prefix: true``, which changes the loss on any mixed-policy records in the data) and
+    ``callbacks`` only when some are on, so a stage-1/2 run keeps its hash whatever the mixed-policy
+    settings, and the same hash as before these groups existed."""
     core = json.loads(json.dumps(config))
-    for key in NON_TRAINING_KEYS:
+    if not mixed_policy_active(core):
+        mask = (core.pop("mixed", None) or {}).get("mask_student_prefix")
+        if mask:
+            core["mixed"] = {"mask_student_prefix": mask}
+    if not core.get("callbacks"):
+        core.pop("callbacks", None)
+    for key in NON_TRAINING_KEYS + DERIVED_KEYS:
         *parents, leaf = key.split(".")
         node = core
         for p in parents:

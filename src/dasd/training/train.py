@@ -38,7 +38,8 @@ def _datamodule(cfg: DictConfig, tokenizer) -> SFTDataModule:
                          max_samples=d.max_samples, num_workers=d.num_workers,
                          cache_dir=cfg.paths.cache_dir if d.cache else None, num_proc=d.num_proc,
                          filters=FilterConfig.from_dict(OmegaConf.to_container(cfg.filters, resolve=True))
-                         if cfg.filters.order else None, source_format=d.format, logprobs_path=d.get("logprobs"),
+                         if cfg.filters.order and not d.get("prefiltered") else None,  # stage=mixed: filtered
+                         source_format=d.format, logprobs_path=d.get("logprobs"),
                          mask_student_prefix=bool(cfg.get("mixed", {}).get("mask_student_prefix", False)))
 
 
@@ -105,11 +106,16 @@ def prepare_data(cfg: DictConfig) -> dict:
     ``data_report.json`` and the sampler's figures to the run dir, and stop before any model is trained.
     The next ``train.py`` with the same data settings starts from the cached selection. For stage=mixed
     this includes the revision round."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # torchrun/srun start every rank: rank 0 alone prepares the data
+        return {}
     mixed = None
     if cfg.stage.get("mixed"):
-        from dasd.mixed.stage import prepare_mixed_stage
+        from dasd.mixed.stage import mixed_training_config, prepare_mixed_stage, round_summary
 
-        cfg, mixed = prepare_mixed_stage(cfg, _datamodule)
+        mixed = round_summary(prepare_mixed_stage(cfg, _datamodule, rank_zero=True))
+        cfg = mixed_training_config(cfg)
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
@@ -130,17 +136,21 @@ def train(cfg: DictConfig) -> dict:
     """Run one training stage. Returns the final metrics (also written to the run's manifest.json)."""
     if cfg.get("data_only"):
         return prepare_data(cfg)
-    mixed = None
-    if cfg.stage.get("mixed"):  # stage=mixed: revision round 0 and the stage's training file, before anything else
-        from dasd.mixed.stage import prepare_mixed_stage
+    source_cfg, mixed = cfg, None
+    if cfg.stage.get("mixed"):  # stage=mixed trains on mixed/train.jsonl, written by revision round 0 below
+        from dasd.mixed.stage import mixed_training_config
 
-        cfg, mixed = prepare_mixed_stage(cfg, _datamodule)
+        cfg = mixed_training_config(cfg)
     plan = plan_stage(cfg)
     manifest = Manifest(plan.run_dir / "manifest.json")
     if plan.already_completed:
         log.info("stage already completed in %s (resume=auto); nothing to do. Use resume=never to retrain.",
                  plan.run_dir)
         return manifest.data.get("final_metrics", {})
+    if cfg.stage.get("mixed"):  # before anything else; global rank 0 builds the data, the other ranks wait
+        from dasd.mixed.stage import prepare_mixed_stage
+
+        mixed = prepare_mixed_stage(source_cfg, _datamodule, key=plan.config_hash)
     strategy = _strategy(cfg, plan.init_from)
     L.seed_everything(cfg.seed, workers=True)
     tokenizer = load_tokenizer(plan.init_from)
@@ -160,10 +170,10 @@ def train(cfg: DictConfig) -> dict:
             das_artifacts.log_to_wandb(lg, *das_outputs)
     if mixed is not None and trainer.is_global_zero:
         from dasd.mixed.report import log_round
+        from dasd.mixed.stage import round_summary
 
-        round0 = plan.run_dir / "mixed" / "round_0"
-        log_round(trainer.loggers, json.loads((round0 / "stats.json").read_text()), round0 / "cutoff_ratio.png",
-                  step=0)
+        log_round(trainer.loggers, mixed, plan.run_dir / "mixed" / "round_0" / "cutoff_ratio.png", step=0)
+        mixed = round_summary(mixed)  # the manifest keeps the counts, not the per-question lists
     if trainer.is_global_zero:
         manifest.update(status="running", stage=cfg.stage.id, run_dir=str(plan.run_dir), config=plan.config,
                         config_hash=plan.config_hash, parent=plan.parent, data=dm.report(), versions=versions(),
@@ -183,6 +193,9 @@ def train(cfg: DictConfig) -> dict:
                 lg.experiment.finish(exit_code=0 if status == "success" else 1)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     metrics["global_step"] = trainer.global_step
+    if trainer.is_global_zero and isinstance(getattr(trainer.strategy, "config", None), dict):
+        # the DeepSpeed config as the engine ran it (Lightning adds accumulation, clipping, micro-batch)
+        manifest.update(deepspeed_config=trainer.strategy.config)
     if trainer.is_global_zero:
         manifest.update(status="completed", final_metrics=metrics,
                         outputs={"hf_final": str(plan.run_dir / "checkpoints" / "hf" / "final"),

@@ -1,0 +1,292 @@
+"""Mixed-policy plumbing around the rounds: rank 0's done/error markers and the ranks that wait for them, the
+callback's use of them between epochs, the training-state offload decision, the training-config hash of the
+mixed and callbacks groups, and the stage=mixed start-up (completed runs, ranks > 0, off-policy duplicates)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import make_record, write_jsonl
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from dasd.config import quote_numeric_choices, register_resolvers
+from dasd.data.datamodule import iter_source_rows, source_rows
+from dasd.data.records import iter_jsonl
+from dasd.mixed import callback as callback_mod
+from dasd.mixed import stage as stage_mod
+from dasd.mixed.callback import MixedPolicyRevision, offload_plan
+from dasd.mixed.sync import RankZeroWork, env_rank_zero
+from dasd.models.student import asset_path
+from dasd.training.stages import training_config_hash
+from dasd.training.strategy import zero3_config
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
+
+
+def compose_cfg(tmp_path: Path, *overrides: str):
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=quote_numeric_choices(
+            [*overrides, f"paths.root_dir={tmp_path}", f"paths.run_dir={tmp_path}/run"]))
+
+
+def config_hash(tmp_path: Path, *overrides: str) -> str:
+    return training_config_hash(OmegaConf.to_container(compose_cfg(tmp_path, *overrides), resolve=True))
+
+
+def later(seconds: float, fn) -> threading.Thread:
+    def run():
+        time.sleep(seconds)
+        fn()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+# ---------------------------------------------------------------- rank 0's markers
+
+
+def test_wait_returns_once_rank_zero_marks_the_work_done(tmp_path):
+    work = RankZeroWork(tmp_path / "round_1", "round")
+    t0 = time.monotonic()
+    thread = later(0.3, lambda: work.finish("k1", kept=3))
+    assert work.wait("k1", poll_s=0.02, timeout_s=30)["kept"] == 3
+    assert time.monotonic() - t0 >= 0.3  # it waited for the marker, not for a collective
+    thread.join()
+
+
+def test_wait_raises_rank_zeros_error(tmp_path):
+    work = RankZeroWork(tmp_path, "round", what="mixed-policy round 1")
+    later(0.2, lambda: work.fail(ValueError("the teacher died"), "k1"))
+    with pytest.raises(RuntimeError, match="mixed-policy round 1 failed on rank 0.*ValueError: the teacher died"):
+        work.wait("k1", poll_s=0.02, timeout_s=30)
+
+
+def test_stale_markers_do_not_release_the_waiters(tmp_path):
+    work = RankZeroWork(tmp_path, "prepared")
+    work.finish("old-run")
+    work.fail(RuntimeError("old failure"), "old-run")
+    with pytest.raises(TimeoutError):
+        work.wait("this-run", poll_s=0.01, timeout_s=0.1)
+    with work.signal("this-run"):  # rank 0 clears stale markers before it works
+        assert not work.done_path.exists() and not work.error_path.exists()
+    assert work.wait("this-run", timeout_s=1)["key"] == "this-run"
+    with pytest.raises(KeyError), work.signal("failing-run"):
+        raise KeyError("boom")
+    assert json.loads(work.error_path.read_text())["key"] == "failing-run" and not work.done_path.exists()
+
+
+@pytest.mark.parametrize("env, zero", [
+    ({}, True), ({"RANK": "0", "LOCAL_RANK": "0"}, True), ({"RANK": "3"}, False),
+    ({"LOCAL_RANK": "1", "SLURM_PROCID": "0"}, False),  # a child of Lightning's launcher inside an salloc shell
+    ({"NODE_RANK": "1", "LOCAL_RANK": "0"}, False), ({"SLURM_PROCID": "5"}, False), ({"SLURM_PROCID": "0"}, True),
+])
+def test_rank_zero_from_the_environment(env, zero):
+    assert env_rank_zero(env) is zero
+
+
+# ---------------------------------------------------------------- the callback between epochs
+
+
+class Strategy:
+    def __init__(self, log: list) -> None:
+        self.log = log
+
+    def barrier(self, name: str) -> None:
+        self.log.append(("barrier", name, time.monotonic()))
+
+
+def epoch_end(tmp_path, monkeypatch, zero: bool, revise):
+    """on_train_epoch_end of epoch 0 of 2 on one rank, with the data side stubbed out."""
+    log: list = []
+    cb = MixedPolicyRevision(SimpleNamespace(), tmp_path, tmp_path / "hf", {"offload_training_state": True},
+                             None, None)
+    monkeypatch.setattr(cb, "_revise", revise)
+    monkeypatch.setattr(cb, "_add", lambda k: log.append(("add", k, time.monotonic())))
+    monkeypatch.setattr(cb, "_stretch", lambda trainer: None)
+    trainer = SimpleNamespace(current_epoch=0, max_epochs=2, global_step=7, is_global_zero=zero,
+                              strategy=Strategy(log), loggers=[])
+    module = SimpleNamespace(device=torch.device("cpu"))
+    cb.on_train_epoch_end(trainer, module)
+    return cb, log
+
+
+def fast_polls(monkeypatch) -> None:
+    wait = RankZeroWork.wait
+    monkeypatch.setattr(RankZeroWork, "wait", lambda self, key=None, **kw: wait(self, key, poll_s=0.02, timeout_s=30))
+
+
+def test_other_ranks_wait_for_the_round_marker_then_meet_at_a_barrier(tmp_path, monkeypatch):
+    fast_polls(monkeypatch)
+    work = RankZeroWork(tmp_path / "mixed" / "round_1", "round")
+    written = {}
+    later(0.3, lambda: (work.finish("round 1 at step 7"), written.setdefault("at", time.monotonic())))
+
+    def revise(k, weights):
+        raise AssertionError("only rank 0 runs the round")
+
+    _, log = epoch_end(tmp_path, monkeypatch, zero=False, revise=revise)
+    assert [x[1] for x in log] == ["mixed_policy_start", "mixed_policy_round", 1]  # barrier, wait, barrier, add
+    assert log[1][2] >= written["at"]  # the closing barrier only after rank 0's marker
+
+
+def test_rank_zero_marks_its_round_failed(tmp_path, monkeypatch):
+    def revise(k, weights):
+        raise RuntimeError("teacher out of memory")
+
+    with pytest.raises(RuntimeError, match="teacher out of memory"):
+        epoch_end(tmp_path, monkeypatch, zero=True, revise=revise)
+    error = json.loads((tmp_path / "mixed" / "round_1" / "round.error.json").read_text())
+    assert error["key"] == "round 1 at step 7" and "teacher out of memory" in error["error"]
+
+
+def test_rank_zero_marks_its_round_done(tmp_path, monkeypatch):
+    monkeypatch.setattr(callback_mod, "log_round", lambda *a, **k: None)
+    _, log = epoch_end(tmp_path, monkeypatch, zero=True, revise=lambda k, weights: {"round": k})
+    assert [x[1] for x in log] == ["mixed_policy_start", "mixed_policy_round", 1]
+    assert json.loads((tmp_path / "mixed" / "round_1" / "round.done.json").read_text())["key"] == "round 1 at step 7"
+
+
+# ---------------------------------------------------------------- offloading the training state for a round
+
+
+def ds(stage: int, config: dict | None):
+    return SimpleNamespace(deepspeed_engine=SimpleNamespace(zero_optimization_stage=lambda: stage), config=config)
+
+
+@pytest.mark.parametrize("offload, plan", [(False, "deepspeed"), ("optimizer", "already_offloaded"),
+                                           ("all", "already_offloaded")])
+def test_offload_plan_under_zero3(offload, plan):
+    """DeepSpeed's offload_states refuses states the ZeRO config already offloads: skipped then."""
+    assert offload_plan(ds(3, zero3_config(64, offload=offload)), module_on_cuda=True) == plan
+    only_params = {"zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}}}
+    assert offload_plan(ds(3, only_params), module_on_cuda=True) == "already_offloaded"
+    assert offload_plan(ds(3, {"zero_optimization": {"offload_optimizer": {"device": "none"}}}), True) == "deepspeed"
+
+
+def test_offload_plan_elsewhere():
+    assert offload_plan(ds(3, zero3_config(64, offload="all")), module_on_cuda=False) == "none"
+    assert offload_plan(ds(2, {}), module_on_cuda=True) == "module"
+    assert offload_plan("ddp", module_on_cuda=True) == "module"
+
+
+# ---------------------------------------------------------------- the training-config hash
+
+
+def test_mixed_settings_enter_the_hash_only_where_they_act(tmp_path):
+    base = config_hash(tmp_path)
+    assert config_hash(tmp_path, "mixed.n_questions=7", "mixed.teacher.max_tokens=9", "callbacks=none") == base
+    revised = config_hash(tmp_path, "callbacks=mixed_policy")
+    assert revised != base
+    assert config_hash(tmp_path, "callbacks=mixed_policy", "mixed.n_questions=7") != revised
+    assert config_hash(tmp_path, "stage=mixed", "mixed.n_questions=7") != config_hash(tmp_path, "stage=mixed")
+    assert config_hash(tmp_path, "mixed.mask_student_prefix=true") != base  # changes the loss of mixed records
+
+
+def test_a_stage_config_from_before_the_mixed_groups_keeps_its_hash(tmp_path):
+    for stage in ("1", "2"):
+        config = OmegaConf.to_container(compose_cfg(tmp_path, f"stage={stage}"), resolve=True)
+        old = json.loads(json.dumps(config))
+        for key in ("mixed", "callbacks"):
+            del old[key]
+        del old["stage"]["epochs"], old["data"]["teacher_chat_template_kwargs"]
+        assert training_config_hash(old) == training_config_hash(config)
+
+
+# ---------------------------------------------------------------- stage=mixed start-up
+
+
+def test_keep_all_sampler_is_conf_sampler_all():
+    assert stage_mod.keep_all_sampler() == OmegaConf.to_container(OmegaConf.load(CONF / "sampler" / "all.yaml"))
+    assert type(instantiate(stage_mod.keep_all_sampler())).__name__ == "KeepAllSelector"
+
+
+def _no_rebuild(*args, **kwargs):
+    raise AssertionError("the parents' data must not be rebuilt")
+
+
+def test_completed_stage_mixed_returns_before_its_round(tmp_path, monkeypatch):
+    from dasd.training.train import train
+
+    cfg = compose_cfg(tmp_path, "stage=mixed", "logger=csv")
+    run = Path(cfg.paths.run_dir)
+    run.mkdir(parents=True)
+    trained = OmegaConf.to_container(stage_mod.mixed_training_config(cfg), resolve=True)
+    (run / "manifest.json").write_text(json.dumps({"status": "completed", "config_hash": training_config_hash(trained),
+                                                   "final_metrics": {"train/loss": 0.5}}))
+    monkeypatch.setattr(stage_mod, "prepare_mixed_stage", _no_rebuild)
+    monkeypatch.setattr(stage_mod, "parent_selection", _no_rebuild)
+    assert train(cfg) == {"train/loss": 0.5}
+
+
+def test_other_ranks_wait_for_stage_mixed_data(tmp_path, monkeypatch):
+    cfg = compose_cfg(tmp_path, "stage=mixed")
+    monkeypatch.setattr(stage_mod, "parent_selection", _no_rebuild)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    work = RankZeroWork(Path(cfg.paths.run_dir) / "mixed", "prepared")
+    work.finish("stale")
+    later(0.3, lambda: work.finish("run-key"))
+    fast_polls(monkeypatch)
+    t0 = time.monotonic()
+    assert stage_mod.prepare_mixed_stage(cfg, _no_rebuild, key="run-key") is None
+    assert time.monotonic() - t0 >= 0.3
+    later(0.1, lambda: work.fail(ValueError("no stage-2 checkpoint"), "run-key2"))
+    with pytest.raises(RuntimeError, match="stage=mixed round 0 failed on rank 0.*no stage-2 checkpoint"):
+        stage_mod.prepare_mixed_stage(cfg, _no_rebuild, key="run-key2")
+
+
+def test_offpolicy_records_are_unique_and_verbatim(tmp_path, monkeypatch):
+    """One file behind both parent runs: each selected record is in both selections; train.jsonl holds it once
+    and composition.json counts the duplicates."""
+    rows = [make_record(i) for i in range(6)]
+    data = write_jsonl(tmp_path / "pool.jsonl", rows)
+    selection = [{"uuid": r["uuid"], "input": r["input"], "source": f"{data}:{i + 1}", "response_tokens": 20,
+                  "domain": "math", "meta": r["meta"]} for i, r in enumerate(rows)]
+    pool = [{**r, "run": "stage1"} for r in selection] + [{**r, "run": "stage2"} for r in selection]
+    monkeypatch.setattr(stage_mod, "parent_selection", lambda cfg, make, tok: pool)
+
+    def fake_round(folder, questions, spec, **kw):
+        assert len({q["uuid"] for q in questions}) == len(questions)  # no question revised twice
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "mixed.jsonl").write_text("")
+        return {"round": 0, "kept": 0, "per_question": [], "cut_fractions": {"raw": [], "final": []}}
+
+    monkeypatch.setattr(stage_mod, "run_round", fake_round)
+    cfg = compose_cfg(tmp_path, "stage=mixed", f"stage.init_from={asset_path('tiny_qwen3')}",
+                      "mixed.extra_offpolicy=100", "mixed.n_questions=4")
+    stats = stage_mod.prepare_mixed_stage(cfg, _no_rebuild, rank_zero=True)
+    train = [json.loads(x) for x in (Path(cfg.paths.run_dir) / "mixed" / "train.jsonl").read_text().splitlines()]
+    assert train == rows  # each once, verbatim, in pool order
+    composition = json.loads((Path(cfg.paths.run_dir) / "mixed" / "composition.json").read_text())
+    assert composition["pool_duplicates_dropped"] == 6 and composition["off_policy"] == 6
+    assert composition["questions_pool"] == 6 and composition == stats["composition"]
+    assert "per_question" not in stage_mod.round_summary(stats)
+
+
+def test_source_rows_count_lines_as_the_readers_do(tmp_path):
+    """A raw carriage return (JSON whitespace) or a U+2028 inside a line starts no new line."""
+    rows = [make_record(i) for i in range(4)]
+    lines = [json.dumps(r) for r in rows]
+    lines[0] = lines[0].replace(", ", ",\r ", 1)
+    lines[1] = json.dumps({**rows[1], "input": "a\u2028b"}, ensure_ascii=False)
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(("\n".join(lines) + "\n").encode("utf-8"))
+    report = SimpleNamespace(read=0, kept=0, skip=None, sha256="")
+    sources = list(iter_jsonl(path, lambda obj, p, n: f"{p}:{n}", "raise", report))
+    assert sources == [f"{path}:{n}" for n in range(1, 5)]
+    got = source_rows(sources[::-1])
+    assert [r["uuid"] for r in got] == [r["uuid"] for r in rows[::-1]] and got[2]["input"] == "a\u2028b"
+    with pytest.raises(ValueError, match="not found at their source lines"):
+        list(iter_source_rows([f"{path}:9"]))
