@@ -1,4 +1,4 @@
-"""Train one stage: `python train.py [stage=1|2] [group=option ...]` (see README)."""
+"""Train one stage: `python train.py [stage=1|2] [group=option ...]` (see README; launching: docs/launch.md)."""
 
 import sys
 
@@ -6,18 +6,21 @@ import hydra
 from omegaconf import DictConfig
 
 from dasd.config import quote_numeric_choices, register_resolvers
+from dasd.launch import rank_argv
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from dasd.launch import job_scope
     from dasd.training.train import train
 
-    metrics = train(cfg)
+    with job_scope():  # one Hydra job = one process group (docs/launch.md)
+        metrics = train(cfg)
     return metrics.get("train/loss")  # the value a Hydra sweeper optimises
 
 
 if __name__ == "__main__":
-    sys.argv = quote_numeric_choices(sys.argv)
+    sys.argv = rank_argv(quote_numeric_choices(sys.argv))  # torchrun/srun ranks (docs/launch.md)
     main()

@@ -64,8 +64,18 @@ def build_strategy(name: str, hidden_size: int | None = None, offload: Any = Fal
     """Return a Lightning strategy (or its name) for ``strategy=<name>``.
 
     auto / ddp: passed to the Trainer by name. deepspeed_zero3[_offload]: a ``DeepSpeedStrategy``; fails at
-    once without CUDA or without the ``deepspeed`` package.
+    once without CUDA or without the ``deepspeed`` package. ``timeout_minutes`` (ddp, deepspeed): the process
+    group's timeout for a collective (null: Lightning's 30 min).
     """
+    if kwargs.get("timeout_minutes") is not None:
+        from datetime import timedelta
+
+        kwargs["timeout"] = timedelta(minutes=float(kwargs["timeout_minutes"]))
+    kwargs.pop("timeout_minutes", None)
+    if name == "ddp" and kwargs:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(**kwargs)
     if name in ("auto", "ddp"):
         return name
     if name.startswith("deepspeed"):
