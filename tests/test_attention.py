@@ -26,7 +26,7 @@ from dasd.training.module import packed_loss_sum
 def _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
     """Causal attention within each [cu[i], cu[i+1]) segment: the semantics of torch's varlen_attn."""
     assert window_size == (-1, 0), "dasd must ask for causal attention"
-    assert q.dtype in (torch.float32, torch.bfloat16) and cu_q.dtype == torch.int32
+    assert q.dtype == k.dtype == v.dtype == torch.bfloat16 and cu_q.dtype == torch.int32
     assert max_q == int(cu_q.diff().max())
     out = torch.empty_like(q)
     for a, b in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), strict=True):
@@ -90,16 +90,19 @@ def test_torch_varlen_packed_loss_and_grads_equal_sdpa_unpacked(reference_kernel
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
-    varlen = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation="torch_varlen").eval()
-    sdpa = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation="sdpa").eval()
+    # bf16: the kernel's dtype (torch_varlen refuses fp32 without autocast)
+    varlen = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation="torch_varlen",
+                                                  dtype=torch.bfloat16).eval()
+    sdpa = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation="sdpa", dtype=torch.bfloat16).eval()
     assert attention.uses_varlen(varlen) and not attention.uses_varlen(sdpa)
     loss_v, grads_v = loss_and_grads(varlen, [batch])
     alone = PackedDataset(samples, [[i] for i in range(len(samples))])
     loss_s, grads_s = loss_and_grads(sdpa, [collate([alone[i]]) for i in range(len(alone))])
-    torch.testing.assert_close(loss_v, loss_s, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(loss_v.float(), loss_s.float(), atol=0.0, rtol=1e-2)
     assert grads_v.keys() == grads_s.keys()
-    for name in grads_v:
-        torch.testing.assert_close(grads_v[name], grads_s[name], atol=1e-5, rtol=1e-4, msg=name)
+    for name in grads_v:  # relative L2 error per parameter (bf16 sums in different orders)
+        a, b = grads_v[name].float(), grads_s[name].float()
+        assert float((a - b).norm() / b.norm().clamp(min=1e-12)) < 2e-2, name
     n_layers = varlen.config.num_hidden_layers
     assert len(reference_kernel) == n_layers and all(c.get("enable_gqa") for c in reference_kernel)
 
@@ -109,7 +112,8 @@ def test_torch_varlen_without_packer_boundaries_uses_position_ids(reference_kern
     so the loss is the one with the packer's boundaries."""
     samples = _samples(tokenizer)
     batch = PackCollator(tokenizer.pad_token_id)([PackedDataset(samples, [[0, 1, 2, 3]])[0]])
-    model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation="torch_varlen").eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation="torch_varlen",
+                                                 dtype=torch.bfloat16).eval()
     with torch.no_grad():
         with_cu = packed_loss_sum(model, batch)
         without = packed_loss_sum(model, {k: v for k, v in batch.items() if k not in ("cu_seq_lens", "max_length")})
@@ -130,3 +134,19 @@ def test_random_init_builds_the_architecture_without_its_weights(tiny_path):
     assert all(torch.equal(a, b) for a, b in zip(random_a.parameters(), random_b.parameters(), strict=True))
     with pytest.raises(ValueError, match="init='scratch'"):
         load_student(StudentSpec(name_or_path=tiny_path, init="scratch"))
+
+
+def test_torch_varlen_runs_fp32_weights_under_bf16_autocast_and_refuses_plain_fp32(reference_kernel, tiny_path,
+                                                                                   tokenizer):
+    """bf16-mixed training keeps fp32 weights: RoPE leaves q, k in fp32 and v in bf16; the kernel gets all
+    three in the autocast dtype. Plain fp32 (no autocast) is refused with the way out."""
+    batch = PackCollator(tokenizer.pad_token_id)([PackedDataset(_samples(tokenizer), [[0, 1, 2, 3]])[0]])
+    model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation="torch_varlen").eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(packed_loss_sum(model, batch))
+    with pytest.raises(ValueError, match="runs in bf16/fp16.*attn_implementation=sdpa"), torch.no_grad():
+        packed_loss_sum(model, batch)
+
+
+def test_auto_picks_sdpa_for_fp32_students():
+    assert attention.resolve_attn_implementation("auto", "float32") == "sdpa"

@@ -199,3 +199,20 @@ def test_training_hash_ignores_only_non_training_keys(tmp_path):
     assert h("logger=csv", "train.save_every_n_steps=7", "trainer.enable_progress_bar=false", "resume=never") == base
     for changed in ("optim.lr=0.1", "train.epochs=9", "data.cutoff_len=512", "seed=1", "stage=2"):
         assert h(changed) != base, changed
+
+
+def test_kernel_choices_and_default_init_leave_the_training_hash_alone(tmp_path):
+    """The attention implementation (each isolates samples) and `init: pretrained` (the default, absent from
+    older configs) do not change what a run trains, so a run started before these keys existed resumes;
+    `init: random` does change it, and is refused for a stage that starts from a checkpoint."""
+    from dasd.training.stages import resolve_init, training_config_hash
+
+    def h(*overrides):
+        return training_config_hash(OmegaConf.to_container(compose_cfg(list(overrides), tmp_path), resolve=True))
+
+    base = h("student=qwen3_4b_instruct_2507")
+    assert h("student=qwen3_4b_instruct_2507", "student.load.attn_implementation=sdpa") == base
+    assert h("student=qwen3_4b_instruct_2507", "~student.load.init") == base
+    assert h("student=qwen3_4b_instruct_2507", "student.load.init=random") != base
+    with pytest.raises(ValueError, match="init=random would discard the weights stage 2 starts from"):
+        resolve_init(compose_cfg(["stage=2", "+student.load.init=random"], tmp_path))

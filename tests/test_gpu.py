@@ -63,12 +63,15 @@ def test_varlen_packing_isolates_samples(attn, tiny_path, tokenizer):
 
     if not (torch_varlen_available() if attn == "torch_varlen" else flash_attn_available()):
         pytest.skip(f"{attn} not available here")
-    samples, batch = _packed_batch(tokenizer)
+    samples, _ = _packed_batch(tokenizer)
+    collate = PackCollator(tokenizer.pad_token_id)
+    two = PackedDataset(samples, [[0, 1, 2], [3]])
+    batch = collate([two[0], two[1]])  # two rows, the second with a padding tail
+    assert int(batch["num_pad"]) > 0
     model = load_student(StudentSpec(name_or_path=tiny_path, torch_dtype="bfloat16", attn_implementation=attn))
     model = model.cuda().eval()
     packed, grads_p = _loss_and_grads(model, [batch])
     alone = PackedDataset(samples, [[i] for i in range(len(samples))])
-    collate = PackCollator(tokenizer.pad_token_id)
     singles, grads_s = _loss_and_grads(model, [collate([alone[i]]) for i in range(len(samples))])
     torch.testing.assert_close(packed, singles, rtol=2e-2, atol=0.0)
     _assert_grads_close(grads_p, grads_s, rel=2e-2)
@@ -93,10 +96,14 @@ def test_liger_loss_and_gradients_match_hf(tiny_path, tokenizer):
 
 
 def _zero3_run(tmp_path, *overrides):
+    from dasd.models.attention import torch_varlen_available
+
     liger = "true" if importlib.util.find_spec("liger_kernel") else "false"
-    run_train(tmp_path, "trainer=gpu", "trainer.devices=1", "data.max_samples=96", "train.epochs=2",
-              f"student.load.liger={liger}", "student.load.attn_implementation=auto", "logger=csv", *overrides)
-    return tmp_path / "outputs" / "default" / "stage1"
+    attn = "torch_varlen" if torch_varlen_available() else "sdpa"  # DeepSpeed runs the fp32 tiny student in bf16
+    proc = run_train(tmp_path, "trainer=gpu", "trainer.devices=1", "data.max_samples=96", "train.epochs=2",
+                     f"student.load.liger={liger}", f"student.load.attn_implementation={attn}", "logger=csv",
+                     *overrides)
+    return tmp_path / "outputs" / "default" / "stage1", proc
 
 
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed")
@@ -109,11 +116,14 @@ def test_deepspeed_zero3_stage1_end_to_end(tmp_path):
 
     from dasd.training.strategy import zero3_config
 
-    run_dir = _zero3_run(tmp_path, "strategy=deepspeed_zero3", "train.accumulate=2")
+    run_dir, _ = _zero3_run(tmp_path, "strategy=deepspeed_zero3", "train.accumulate=2")
     rows = metrics(run_dir)
     assert rows[-1]["train/loss"] < rows[0]["train/loss"] - 0.5
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "completed"
+    # one metrics row per optimizer step (Lightning counts DeepSpeed's micro-batches as global steps)
+    assert [r["step"] for r in rows] == list(range(1, manifest["final_metrics"]["global_step"] + 1))
+    assert len(rows) == 2 * -(-manifest["data"]["packing"]["num_packs"] // 2)  # 2 epochs of full 2-pack steps
     ds = manifest["deepspeed_config"]
     hidden = AutoConfig.from_pretrained(asset_path("tiny_qwen3")).hidden_size
     want = zero3_config(hidden)["zero_optimization"]
@@ -145,7 +155,8 @@ def test_deepspeed_zero3_stage1_end_to_end(tmp_path):
 def test_deepspeed_zero3_optimizer_offload_trains(tmp_path):
     """`strategy.offload=optimizer` (ZeRO-Offload: optimizer states and step on the host) trains: the loss falls
     and the engine ran with the optimizer offloaded."""
-    run_dir = _zero3_run(tmp_path, "strategy=deepspeed_zero3", "strategy.offload=optimizer")
+    run_dir, proc = _zero3_run(tmp_path, "strategy=deepspeed_zero3", "strategy.offload=optimizer")
+    assert "DeepSpeedCPUAdam unavailable" not in proc.stderr  # the host step ran DeepSpeed's CPU Adam
     rows = metrics(run_dir)
     assert rows[-1]["train/loss"] < rows[0]["train/loss"] - 0.5
     ds = json.loads((run_dir / "manifest.json").read_text())["deepspeed_config"]

@@ -124,6 +124,8 @@ def test_rank_argv(env, expected):
     for flag in ("-m", "--multirun", "hydra.mode=MULTIRUN"):
         with pytest.raises(SystemExit, match="hydra/launcher=slurm"):
             rank_argv([*argv, flag], env)
+        with pytest.raises(SystemExit, match="hydra/launcher=slurm"):  # every rank would submit the sweep
+            rank_argv([*argv, flag, "hydra/launcher=slurm"], env)
 
 
 def _compose(tmp_path: Path, *overrides: str):

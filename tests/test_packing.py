@@ -237,3 +237,25 @@ def test_collator_sample_boundaries_match_position_ids(tokenizer):
     expected = [lens[3], lens[0]] + [lens[1]] + ([width - lens[1]] if width > lens[1] else []) + [lens[2]] + (
         [width - lens[2]] if width > lens[2] else [])
     assert batch["cu_seq_lens"].diff().tolist() == expected
+
+
+@pytest.mark.parametrize("accumulate", [1, 4])
+def test_step_loss_is_the_token_mean_under_every_strategy(tokenizer, tiny_path, accumulate):
+    """What reaches backward after the divisions each strategy applies is the micro-batch's share of the
+    step's token-mean CE: Lightning divides by `accumulate`; DeepSpeed's engine divides once more."""
+    from types import SimpleNamespace
+
+    from dasd.models.student import StudentSpec
+    from dasd.training.module import SFTModule
+    from dasd.training.optim import OptimConfig
+
+    samples = _rendered(tokenizer, 2)
+    batch = PackCollator(tokenizer.pad_token_id)([PackedDataset(samples, [[0, 1]])[(0, 1000)]])
+    module = SFTModule(StudentSpec(name_or_path=tiny_path), OptimConfig())
+    module.configure_model()
+    want = float(packed_loss_sum(module.model, batch)) / 1000
+    for handles, divisions in ((False, accumulate), (True, accumulate * accumulate)):
+        module._trainer = SimpleNamespace(accumulate_grad_batches=accumulate, world_size=1,
+                                          strategy=SimpleNamespace(handles_gradient_accumulation=handles))
+        got = float(module.training_step(batch, 0)) / divisions
+        assert got == pytest.approx(want, rel=1e-6), handles

@@ -188,3 +188,38 @@ def test_loader_state_round_trip(global_step, epoch):
     resumed.batch_sampler.set_epoch(epoch)
     assert list(resumed) == full[state["consumed"]:]
     assert list(resumed) == full  # the restored skip applies to one pass only
+
+
+@pytest.mark.parametrize("n,micro,accumulate,world", [(10, 1, 4, 1), (11, 2, 3, 2), (8, 1, 4, 2), (3, 2, 2, 1)])
+def test_full_steps_give_every_optimizer_step_accumulate_micro_batches(n, micro, accumulate, world):
+    """full_steps (a strategy that accumulates by itself, DeepSpeed): every optimizer step has exactly
+    `accumulate` micro-batches on every rank, every pack appears, the repeats come from the epoch's start and
+    each micro-batch's step_tokens are its step's total (repeats included)."""
+    tokens = [10 + 7 * i for i in range(n)]
+    ranks = [list(StepBatchSampler(tokens, micro, accumulate, world, r, seed=3, full_steps=True)) for r in range(world)]
+    sampler = StepBatchSampler(tokens, micro, accumulate, world, 0, seed=3, full_steps=True)
+    for batches in ranks:
+        assert len(batches) == len(sampler) and len(batches) % accumulate == 0
+        assert all(len(b) == micro for b in batches)
+    seen = Counter(p for batches in ranks for b in batches for p, _ in b)
+    assert set(seen) == set(range(n)) and sum(seen.values()) == n + sampler.repeated
+    for g in range(0, len(ranks[0]), accumulate):
+        step = [b for batches in ranks for b in batches[g:g + accumulate]]
+        total = sum(tokens[p] for b in step for p, _ in b)
+        assert {t for b in step for _, t in b} == {total}
+    assert sampler.steps_per_epoch * accumulate == len(sampler)
+
+
+def test_optimizer_steps_count_micro_batches_only_under_self_accumulating_strategies():
+    """Lightning's global_step counts micro-batches when the strategy accumulates (DeepSpeed); dasd's step
+    count (metrics, checkpoints, data position, mixed rounds) is optimizer steps either way."""
+    from types import SimpleNamespace
+
+    from dasd.training.strategy import micro_batches_per_step, optimizer_steps
+
+    ds = SimpleNamespace(global_step=12, accumulate_grad_batches=4,
+                         strategy=SimpleNamespace(handles_gradient_accumulation=True))
+    plain = SimpleNamespace(global_step=3, accumulate_grad_batches=4,
+                            strategy=SimpleNamespace(handles_gradient_accumulation=False))
+    assert (micro_batches_per_step(ds), optimizer_steps(ds)) == (4, 3)
+    assert (micro_batches_per_step(plain), optimizer_steps(plain)) == (1, 3)

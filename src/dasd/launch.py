@@ -57,7 +57,9 @@ def rank_argv(argv: list[str], env: Mapping[str, str] = os.environ) -> list[str]
     world = external_world(env)
     if world is None or world[1] <= 1:
         return argv
-    if any(a in MULTIRUN_FLAGS for a in argv[1:]) and not any(a.startswith("hydra/launcher=") for a in argv):
+    # no exception for hydra/launcher=...: every rank would submit the sweep (submitit's own tasks never come
+    # through here, and a shell inside an allocation has no SLURM_PROCID)
+    if any(a in MULTIRUN_FLAGS for a in argv[1:]):
         raise SystemExit(f"error: {multirun_refusal(world[1])}")
     if world[0] == 0:
         return argv

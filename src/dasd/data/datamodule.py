@@ -23,6 +23,7 @@ from dasd.data.selection import question_key
 from dasd.data.sources import SourceReport, TeacherRecord, iter_generated, iter_released, join_logprobs
 from dasd.data.template import ChatTemplater, TokenizedSample, student_prefix_chars
 from dasd.eval.grading import reference_answer
+from dasd.training.strategy import optimizer_steps
 from dasd.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -259,13 +260,16 @@ class SFTDataModule(L.LightningDataModule):
     def train_dataloader(self) -> ResumableDataLoader:
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        full_steps = bool(trainer and trainer.strategy.handles_gradient_accumulation)  # DeepSpeed
         sampler = StepBatchSampler([self.dataset.supervised_tokens(p) for p in range(len(self.dataset))],
-                                   self.micro_batch_size, self.accumulate, world, rank, self.seed)
+                                   self.micro_batch_size, self.accumulate, world, rank, self.seed,
+                                   full_steps=full_steps)
         if trainer:  # a loader built at an epoch start (reload, resume) must not iterate in epoch 0's order:
             sampler.set_epoch(trainer.current_epoch)  # Lightning prefetches before it calls set_epoch
         if sampler.repeated:
-            log.warning("%d packs repeated to give each of %d ranks full micro-batches", sampler.repeated, world)
-        progress = (lambda: (trainer.global_step, trainer.current_epoch)) if trainer else (lambda: (0, 0))
+            log.warning("%d packs repeated to give each of %d ranks full micro-batches%s", sampler.repeated, world,
+                        f" and every optimizer step its {self.accumulate} micro-batches" if full_steps else "")
+        progress = (lambda: (optimizer_steps(trainer), trainer.current_epoch)) if trainer else (lambda: (0, 0))
         return ResumableDataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
                                    collate_fn=PackCollator(self.tokenizer.pad_token_id), progress=progress,
                                    base=lambda: self.epoch_base)

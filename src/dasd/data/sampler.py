@@ -19,11 +19,15 @@ class StepBatchSampler:
     The global order of packs is a seeded permutation per epoch. Consecutive ``micro_batch_size × world``
     packs form one micro-step (rank r takes its slice); ``accumulate`` micro-steps form one optimizer step.
     When the last micro-step cannot give every rank a full slice, packs from the start of the epoch are
-    repeated to fill it, as ``DistributedSampler`` does; ``repeated`` counts them.
+    repeated to fill it, as ``DistributedSampler`` does; ``repeated`` counts them. ``full_steps``: the last
+    optimizer step is filled the same way to exactly ``accumulate`` micro-steps. A strategy that accumulates
+    by itself (DeepSpeed counts micro-steps, never epochs) needs this: a short last step would leave its
+    gradients waiting and shift every later step boundary.
     """
 
     def __init__(self, pack_tokens: Sequence[int], micro_batch_size: int, accumulate: int,
-                 world_size: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True) -> None:
+                 world_size: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True,
+                 full_steps: bool = False) -> None:
         if micro_batch_size < 1 or accumulate < 1:
             raise ValueError("micro_batch_size and accumulate must be >= 1")
         self.pack_tokens = list(pack_tokens)
@@ -33,7 +37,10 @@ class StepBatchSampler:
         self.batch_size = micro_batch_size  # packs per micro-batch (read by Lightning's DeepSpeed strategy)
         self._skip: tuple[int, int] | None = None  # (epoch, micro-batches already consumed)
         n, width = len(self.pack_tokens), micro_batch_size * world_size
-        self.repeated = (-n) % width if world_size > 1 else 0
+        if full_steps:
+            self.repeated = (-n) % (width * accumulate) if n else 0
+        else:
+            self.repeated = (-n) % width if world_size > 1 else 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

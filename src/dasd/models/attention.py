@@ -38,16 +38,26 @@ def torch_varlen_available() -> bool:
 
 
 def flash_attn_available() -> bool:
-    return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+    """flash-attn is installed *and* imports (a build against another torch fails at import)."""
+    if not torch.cuda.is_available() or importlib.util.find_spec("flash_attn") is None:
+        return False
+    try:
+        import flash_attn  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - a broken build: fall back, and say why
+        log.warning("flash-attn is installed but does not import (%s); not using it", e)
+        return False
+    return True
 
 
-def resolve_attn_implementation(requested: str) -> str:
-    """``auto`` → flash_attention_2, torch_varlen or sdpa (the first this machine can run); any other name is
-    checked and returned. ``torch_varlen`` is registered with transformers on the way."""
+def resolve_attn_implementation(requested: str, dtype: str | None = None) -> str:
+    """``auto`` → flash_attention_2, torch_varlen or sdpa (the first this machine can run; the varlen kernels
+    only for 16-bit weights, ``dtype`` being ``student.load.torch_dtype``); any other name is checked and
+    returned. ``torch_varlen`` is registered with transformers on the way."""
     if requested == "auto":
-        if flash_attn_available():
+        half = dtype in (None, "auto", "bfloat16", "float16")
+        if half and flash_attn_available():
             chosen = "flash_attention_2"
-        elif torch_varlen_available():
+        elif half and torch_varlen_available():
             chosen = TORCH_VARLEN
         else:
             chosen = "sdpa"
@@ -58,7 +68,7 @@ def resolve_attn_implementation(requested: str) -> str:
             raise ValueError("attn_implementation=torch_varlen needs CUDA and torch>=2.10 "
                              "(torch.nn.attention.varlen); use sdpa or auto")
         register_torch_varlen()
-    elif requested.startswith("flash_attention") and importlib.util.find_spec("flash_attn") is None:
+    elif requested == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
         raise ValueError(f"attn_implementation={requested} needs the flash-attn package; "
                          "use auto (falls back to torch_varlen on CUDA, else sdpa)")
     return requested
@@ -75,11 +85,17 @@ def varlen_kwargs(batch: dict) -> dict:
     return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": m, "max_length_k": m}
 
 
+_VARLEN_CALL: dict = {}
+
+
 def _varlen_call():
     """``varlen_attn`` with this torch's spelling of "causal" and of GQA (the signature changed across
-    releases): returns f(q, k, v, cu, max_len, scale) on (tokens, heads, head_dim) tensors."""
+    releases): returns f(q, k, v, cu, max_len, scale) on (tokens, heads, head_dim) tensors. Built once per
+    kernel function (the signature is read once, not in every layer)."""
     from torch.nn.attention.varlen import varlen_attn
 
+    if varlen_attn in _VARLEN_CALL:
+        return _VARLEN_CALL[varlen_attn]
     params = inspect.signature(varlen_attn).parameters
     causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
     gqa = "enable_gqa" in params
@@ -92,6 +108,7 @@ def _varlen_call():
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scale, **causal)
 
+    _VARLEN_CALL[varlen_attn] = call
     return call
 
 
@@ -111,6 +128,13 @@ def torch_varlen_attention_forward(module, query, key, value, attention_mask, dr
     if dropout:
         raise ValueError("torch_varlen attention does not implement attention dropout")
     batch, heads, seq, dim = query.shape
+    half = query.dtype if query.dtype in (torch.float16, torch.bfloat16) else None
+    if half is None and torch.is_autocast_enabled(query.device.type):  # bf16-mixed: RoPE leaves q, k in fp32
+        half = torch.get_autocast_dtype(query.device.type)
+    if half is None:
+        raise ValueError("torch_varlen attention runs in bf16/fp16: use 16-bit weights, bf16-mixed precision, "
+                         "or attn_implementation=sdpa")
+    query, key, value = (x.to(half) for x in (query, key, value))
     if cu_seq_lens_q is None:
         if position_ids is None:
             position_ids = torch.arange(seq, device=query.device).expand(batch, seq)

@@ -72,7 +72,7 @@ def load_student(spec: StudentSpec) -> PreTrainedModel:
     config = AutoConfig.from_pretrained(spec.name_or_path, trust_remote_code=spec.trust_remote_code)
     if spec.liger:
         apply_liger(config.model_type)
-    attn = resolve_attn_implementation(spec.attn_implementation)
+    attn = resolve_attn_implementation(spec.attn_implementation, spec.torch_dtype)
     dtype = spec.torch_dtype if spec.torch_dtype == "auto" else getattr(torch, spec.torch_dtype)
     if spec.init == "random":  # the same architecture, no weights read (benchmarks, from-scratch runs)
         model = AutoModelForCausalLM.from_config(config, dtype=None if dtype == "auto" else dtype,

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from dasd.training.strategy import micro_batches_per_step, optimizer_steps
 from dasd.utils.logging import get_logger
 from dasd.utils.plots import plot_training_curves
 
@@ -80,22 +81,23 @@ class MetricsFile(L.Callback):
         self._last_step = -1
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._last_step = trainer.global_step
+        self._last_step = optimizer_steps(trainer)
         if trainer.is_global_zero and self.path.exists():
             rows = [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
-            kept = [r for r in rows if r["step"] <= trainer.global_step]
+            kept = [r for r in rows if r["step"] <= self._last_step]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self._last_step or not trainer.is_global_zero:
+        step = optimizer_steps(trainer)  # under DeepSpeed a batch end is a micro-batch end
+        if step == self._last_step or not trainer.is_global_zero:
             return
-        self._last_step = trainer.global_step
-        row = {"step": trainer.global_step, "epoch": trainer.current_epoch}
+        self._last_step = step
+        row = {"step": step, "epoch": trainer.current_epoch}
         row.update({k: float(v) for k, v in trainer.callback_metrics.items()
                     if k.startswith("train/") and torch.as_tensor(v).numel() == 1})
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        if self.plot_every and trainer.global_step % self.plot_every == 0:
+        if self.plot_every and step % self.plot_every == 0:
             self.plot()
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -103,7 +105,7 @@ class MetricsFile(L.Callback):
             self.plot()
             for lg in trainer.loggers:
                 if hasattr(lg, "log_image"):
-                    lg.log_image(key="train/loss_curve", images=[str(self.png)], step=trainer.global_step)
+                    lg.log_image(key="train/loss_curve", images=[str(self.png)], step=optimizer_steps(trainer))
 
     def plot(self) -> None:
         rows = [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
@@ -131,3 +133,10 @@ class ResumeCheckpoint(ModelCheckpoint):
         super().__init__(dirpath=dirpath, filename="{epoch}-{step}", save_last="link", save_top_k=1,
                          every_n_train_steps=every_n_train_steps or None, save_on_train_epoch_end=True)
         self._every_n_epochs = 1
+        self._every_n_optimizer_steps = self._every_n_train_steps
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        # Lightning's trigger counts global steps, which are micro-batches under DeepSpeed: save every N
+        # optimizer steps, at a step boundary (a checkpoint inside an accumulation would lose its gradients)
+        self._every_n_train_steps = self._every_n_optimizer_steps * micro_batches_per_step(trainer)

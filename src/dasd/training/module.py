@@ -10,7 +10,7 @@ import torch
 from dasd.models.attention import uses_varlen, varlen_kwargs
 from dasd.models.student import StudentSpec, load_student
 from dasd.training.optim import OptimConfig, build_optimizer
-from dasd.training.strategy import optimizer_offloaded
+from dasd.training.strategy import micro_batches_per_step, optimizer_offloaded
 
 
 def packed_loss_sum(model, batch: dict) -> torch.Tensor:
@@ -46,6 +46,13 @@ class SFTModule(L.LightningModule):
     def configure_model(self) -> None:
         # Called by Lightning inside the strategy's sharded context (DeepSpeed ZeRO-3 zero.Init).
         if self.model is None:
+            config = getattr(self.trainer.strategy, "config", None) if self._trainer is not None else None
+            if isinstance(config, dict) and config.get("zero_optimization", {}).get("stage") == 3:
+                from transformers.integrations import HfDeepSpeedConfig
+
+                # transformers must see the ZeRO-3 config before from_pretrained so that each rank loads only
+                # its shard (lessons §4.8); it must stay alive for the run, hence kept on the module
+                self._hf_ds_config = HfDeepSpeedConfig(config)
             self.model = load_student(self.student_spec)
 
     def forward_loss_sum(self, batch: dict) -> torch.Tensor:
@@ -60,13 +67,20 @@ class SFTModule(L.LightningModule):
         s["tokens"] += int(batch["num_tokens"])
         s["pad"] += int(batch["num_pad"])
         s["supervised"] += int((batch["labels"] != -100).sum())
-        return loss_sum * self.trainer.accumulate_grad_batches * self.trainer.world_size / step_tokens
+        # Lightning divides by accumulate; a strategy that accumulates itself (DeepSpeed's engine.backward)
+        # divides by it once more, which the extra factor undoes.
+        scale = self.trainer.accumulate_grad_batches * micro_batches_per_step(self.trainer) * self.trainer.world_size
+        return loss_sum * scale / step_tokens
 
     def on_train_start(self) -> None:
         self._step_start = time.perf_counter()
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        """Log the step: runs after the backward of its last micro-batch, before the update."""
+        """Log the step: runs after the backward of its last micro-batch, before the update. Under DeepSpeed
+        Lightning calls it after every micro-batch; only the engine's accumulation boundary is a step."""
+        engine = getattr(self.trainer.strategy, "deepspeed_engine", None)
+        if engine is not None and not engine.is_gradient_accumulation_boundary():
+            return
         now, s = time.perf_counter(), self._step_sums
         totals = torch.tensor([s["loss"], s["tokens"], s["pad"], s["supervised"]], dtype=torch.float64,
                               device=self.device)

@@ -31,7 +31,8 @@ NON_TRAINING_KEYS = ("resume", "logger", "paths", "tags", "train.save_every_n_st
                      "data.cache", "data.num_proc", "data.num_workers", "data_only", "sampler.engine",
                      "sampler.engine_args", "sampler.batch_size", "sampler.flush_every", "sampler.num_examples",
                      "sampler.store_dir", "mixed.transport", "mixed.python", "mixed.batch_size",
-                     "mixed.offload_training_state", "strategy.timeout_minutes")
+                     "mixed.offload_training_state", "strategy.timeout_minutes",
+                     "student.load.attn_implementation")  # a kernel choice: every choice isolates samples
 
 
 @dataclass
@@ -70,6 +71,9 @@ def training_config_hash(config: dict) -> str:
             core["mixed"] = {"mask_student_prefix": mask}
     if not core.get("callbacks"):
         core.pop("callbacks", None)
+    load = (core.get("student") or {}).get("load") or {}
+    if load.get("init") == "pretrained":  # the default, as before the key existed
+        load.pop("init")
     for key in NON_TRAINING_KEYS + DERIVED_KEYS:
         *parents, leaf = key.split(".")
         node = core
@@ -82,6 +86,9 @@ def training_config_hash(config: dict) -> str:
 def resolve_init(cfg: DictConfig) -> tuple[str, dict]:
     """The model a stage starts from, and a record of its parent for the manifest."""
     init = str(cfg.stage.init_from)
+    if init != "student" and cfg.student.get("load", {}).get("init", "pretrained") == "random":
+        raise ValueError(f"student.load.init=random would discard the weights stage {cfg.stage.id} starts from "
+                         f"(stage.init_from={init}); random init is for a stage that starts from the student")
     if init == "student":
         return str(cfg.student.name_or_path), {"kind": "student", "init_from": str(cfg.student.name_or_path)}
     if init == "auto":

@@ -50,13 +50,30 @@ def zero3_config(hidden_size: int, offload: Any = False, **overrides: Any) -> di
             "bf16": {"enabled": True}, "zero_optimization": zero}
 
 
+def micro_batches_per_step(trainer: Any) -> int:
+    """Micro-batches per count of ``trainer.global_step``. Lightning counts optimizer steps, except under a
+    strategy that accumulates gradients itself (DeepSpeed): it then calls the optimizer step, and counts a
+    global step, for every micro-batch, and the engine steps every ``accumulate`` of them."""
+    return trainer.accumulate_grad_batches if trainer.strategy.handles_gradient_accumulation else 1
+
+
+def optimizer_steps(trainer: Any) -> int:
+    """Optimizer steps taken so far, under every strategy (``global_step`` counts micro-batches under
+    DeepSpeed; dasd's sampler gives every step exactly ``accumulate`` of them there)."""
+    return trainer.global_step // micro_batches_per_step(trainer)
+
+
+def offloaded(strategy: Any) -> tuple[str, ...]:
+    """What the strategy's ZeRO config keeps in host memory: a subset of ("optimizer", "param")."""
+    config = getattr(strategy, "config", None)
+    zero = config.get("zero_optimization", {}) if isinstance(config, dict) else {}
+    return tuple(t for t in ("optimizer", "param")
+                 if (zero.get(f"offload_{t}") or {}).get("device", "none") not in (None, "none"))
+
+
 def optimizer_offloaded(strategy: Any) -> bool:
     """The strategy keeps the optimizer states in host memory (DeepSpeed ZeRO-Offload)."""
-    config = getattr(strategy, "config", None)
-    if not isinstance(config, dict):
-        return False
-    device = (config.get("zero_optimization", {}).get("offload_optimizer") or {}).get("device", "none")
-    return device not in (None, "none")
+    return "optimizer" in offloaded(strategy)
 
 
 def build_strategy(name: str, hidden_size: int | None = None, offload: Any = False,
@@ -82,15 +99,12 @@ def build_strategy(name: str, hidden_size: int | None = None, offload: Any = Fal
         _require_cuda(name)
         try:
             from lightning.pytorch.strategies import DeepSpeedStrategy
-            from transformers.integrations import HfDeepSpeedConfig
         except ImportError as e:
             raise ImportError(f"strategy={name} needs deepspeed: pip install -e '.[gpu]'") from e
         config = zero3_config(hidden_size or 4096, offload=offload, **(zero_overrides or {}))
         # set here: Lightning would otherwise read it off the data loader's batch sampler
         config["train_micro_batch_size_per_gpu"] = micro_batch_size
-        strategy = DeepSpeedStrategy(config=config, **kwargs)
-        # transformers must see the ZeRO-3 config *before* from_pretrained so that each rank loads only
-        # its shard (lessons §4.8); the object must stay alive, hence kept on the strategy.
-        strategy._dasd_hf_ds_config = HfDeepSpeedConfig(config)
-        return strategy
+        # transformers sees the ZeRO-3 config (HfDeepSpeedConfig) only from SFTModule.configure_model on:
+        # made here it would also partition models loaded before training (DAS scoring in dm.setup)
+        return DeepSpeedStrategy(config=config, **kwargs)
     raise ValueError(f"unknown strategy {name!r}: use auto, ddp, deepspeed_zero3 or deepspeed_zero3_offload")

@@ -22,7 +22,7 @@ from dasd.training.loggers import build_loggers
 from dasd.training.module import SFTModule
 from dasd.training.optim import OptimConfig
 from dasd.training.stages import StagePlan, plan_stage
-from dasd.training.strategy import build_strategy
+from dasd.training.strategy import build_strategy, optimizer_steps
 from dasd.utils.logging import get_logger
 from dasd.utils.run import Manifest, git_revision, versions
 
@@ -192,7 +192,7 @@ def train(cfg: DictConfig) -> dict:
             if isinstance(lg, WandbLogger):
                 lg.experiment.finish(exit_code=0 if status == "success" else 1)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    metrics["global_step"] = trainer.global_step
+    metrics["global_step"] = optimizer_steps(trainer)  # optimizer steps, also under DeepSpeed
     if trainer.is_global_zero and isinstance(getattr(trainer.strategy, "config", None), dict):
         # the DeepSpeed config as the engine ran it (Lightning adds accumulation, clipping, micro-batch)
         manifest.update(deepspeed_config=trainer.strategy.config)
