@@ -1,6 +1,7 @@
 """The continue phase of a revision round with a stand-in teacher: each continuation's token budget is bounded by
 the room its prefix leaves under cutoff_len, prefixes without room are dropped and counted, and an unfinished
-continuation is dropped by the curation ``truncated`` filter under its own reason."""
+continuation is dropped by the curation ``truncated`` filter under its own reason; and a whole round with
+stand-in engines, whose records and phase reuse do not depend on ``batch_size``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dasd.data.filters import FilterInput, TruncatedConfig, TruncatedFilter
 from dasd.data.template import ChatTemplater
 from dasd.generation.engine import Sample
 from dasd.mixed import revise
+from dasd.mixed import round as round_mod
 from dasd.mixed.revise import continuation_budget, run_continue, write_jsonl
 from dasd.models.student import asset_path, load_tokenizer
 
@@ -131,3 +133,55 @@ def test_teacher_budget_and_prefixes_without_room(tmp_path, tok, monkeypatch, cu
     # q1's continuation hit its budget: dropped (and counted) by the truncated filter, as continuation_unfinished
     assert "q1" not in by_uuid and info["filters"]["filters"]["continuation_unfinished"]["dropped"] == 1
     assert info["kept"] == len(records) == info["continued"] - 1
+
+
+class StandInEngine:
+    """Student: every rollout runs out of its budget (LONG); teacher: every continuation ends on its own.
+    Records the batches it is sent (each request's seed)."""
+
+    model_name = "stand-in"
+
+    def __init__(self, tokenizer, student: bool, batches: list) -> None:
+        self.tokenizer, self.student, self.batches = tokenizer, student, batches
+
+    def generate(self, requests, sampling):
+        self.batches.append(("student" if self.student else "teacher", [r.seed for r in requests]))
+        text, reason = (LONG, "length") if self.student else (CONTINUATION, "stop")
+        out = []
+        for r in requests:
+            ids = self.tokenizer.encode(text, add_special_tokens=False)[:r.max_tokens]
+            out.append([Sample(text=self.tokenizer.decode(ids), token_ids=ids, logprobs=[0.0] * len(ids),
+                               finish_reason=reason, prompt_token_ids=list(r.prompt_token_ids),
+                               logprob_mode="raw")])
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def test_batch_size_changes_neither_the_round_nor_its_reuse(tmp_path, tok, monkeypatch):
+    """``mixed.batch_size`` only sets how many requests go to the engine at once: each request keeps its seed,
+    so the round's records (uuids included) are the same at any batch size, and a finished phase is kept when
+    only the batch size changes (a resume may change it: the training hash ignores it)."""
+    batches = []
+    monkeypatch.setattr(revise, "build_engine", lambda kind, model, args=None: StandInEngine(
+        tok, student=model == asset_path("tiny_qwen3"), batches=batches))
+    monkeypatch.setattr(round_mod, "plot_round", lambda stats, path: None)
+    (tmp_path / "setup").mkdir()
+    spec, questions = _round(tmp_path / "setup", tok, cutoff_len=None)
+    spec["student"] = {**spec["student"], "engine": "hf", "engine_args": {}, "temperature": 1.0, "top_p": 1.0}
+    questions = questions[:5]
+
+    def run(folder, batch_size):
+        batches.clear()
+        round_mod.run_round(folder, questions, {**spec, "batch_size": batch_size}, transport="inprocess")
+        return (folder / "mixed.jsonl").read_text(), list(batches)
+
+    records4, sent4 = run(tmp_path / "a", 4)
+    records2, sent2 = run(tmp_path / "b", 2)
+    assert [len(b) for _, b in sent4] == [4, 1, 4, 1] and [len(b) for _, b in sent2] == [2, 2, 1, 2, 2, 1]
+    for role in ("student", "teacher"):  # the same requests with the same seeds, in other batches
+        assert [s for r, b in sent4 if r == role for s in b] == [s for r, b in sent2 if r == role for s in b]
+    assert records4 == records2 and len(records4.splitlines()) == 5
+    assert run(tmp_path / "a", 16) == (records4, [])  # both phases kept: no engine is sent anything
+    assert json.loads((tmp_path / "a" / "spec.json").read_text())["batch_size"] == 16

@@ -5,6 +5,7 @@ mixed and callbacks groups, and the stage=mixed start-up (completed runs, ranks 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -24,9 +25,11 @@ from dasd.data.records import iter_jsonl
 from dasd.mixed import callback as callback_mod
 from dasd.mixed import stage as stage_mod
 from dasd.mixed.callback import MixedPolicyRevision, offload_plan
-from dasd.mixed.sync import RankZeroWork, env_rank_zero
+from dasd.mixed.revise import spec_hash
+from dasd.mixed.round import build_spec
+from dasd.mixed.sync import RankZeroWork, env_rank_zero, launch_id
 from dasd.models.student import asset_path
-from dasd.training.stages import training_config_hash
+from dasd.training.stages import NON_TRAINING_KEYS, plan_stage, training_config_hash
 from dasd.training.strategy import zero3_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,18 +77,117 @@ def test_wait_raises_rank_zeros_error(tmp_path):
         work.wait("k1", poll_s=0.02, timeout_s=30)
 
 
-def test_stale_markers_do_not_release_the_waiters(tmp_path):
+def test_signal_clears_stale_markers_and_marks_the_outcome(tmp_path):
     work = RankZeroWork(tmp_path, "prepared")
-    work.finish("old-run")
-    work.fail(RuntimeError("old failure"), "old-run")
-    with pytest.raises(TimeoutError):
-        work.wait("this-run", poll_s=0.01, timeout_s=0.1)
-    with work.signal("this-run"):  # rank 0 clears stale markers before it works
+    work.finish("k")
+    work.fail(RuntimeError("old failure"), "k")
+    with work.signal("k"):  # rank 0 clears stale markers before it works
         assert not work.done_path.exists() and not work.error_path.exists()
-    assert work.wait("this-run", timeout_s=1)["key"] == "this-run"
-    with pytest.raises(KeyError), work.signal("failing-run"):
+    assert work.wait("k", timeout_s=1)["key"] == "k"
+    with pytest.raises(KeyError), work.signal("k"):
         raise KeyError("boom")
-    assert json.loads(work.error_path.read_text())["key"] == "failing-run" and not work.done_path.exists()
+    assert json.loads(work.error_path.read_text())["key"] == "k" and not work.done_path.exists()
+
+
+# Two launches of one stage=mixed run with the same config (the second after the first failed), as the
+# external launchers start them: every rank at once, each with its rank variables (``ranks``) on top of the
+# launch's.
+TORCHRUN = {"TORCHELASTIC_RUN_ID": "3f2a", "TORCHELASTIC_RESTART_COUNT": "0", "MASTER_ADDR": "node1",
+            "MASTER_PORT": "29500"}
+SRUN = {"SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "2"}
+RELAUNCHES = {
+    "torchrun": (TORCHRUN, {**TORCHRUN, "TORCHELASTIC_RUN_ID": "9c1d", "MASTER_PORT": "41877"}),
+    "torchrun, elastic restart": (TORCHRUN, {**TORCHRUN, "TORCHELASTIC_RESTART_COUNT": "1"}),
+    "srun": (SRUN, {**SRUN, "SLURM_JOB_ID": "4243"}),
+    "srun, next step of the job": (SRUN, {**SRUN, "SLURM_STEP_ID": "1"}),
+    "srun, requeued job": (SRUN, {**SRUN, "SLURM_RESTART_COUNT": "1"}),
+    "torchrun under srun, same run id": ({**SRUN, **TORCHRUN}, {**SRUN, **TORCHRUN, "SLURM_STEP_ID": "1"}),
+}
+
+
+def ranks(launch: dict, rank: int) -> dict:
+    if "TORCHELASTIC_RUN_ID" in launch:  # under srun: one torchrun per node, its SLURM_PROCID the node's
+        return {**launch, "RANK": str(rank), "LOCAL_RANK": str(rank), "GROUP_RANK": "0",
+                **({"SLURM_PROCID": "0"} if "SLURM_JOB_ID" in launch else {})}
+    return {**launch, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)}
+
+
+def stage_mixed(tmp_path):
+    """A stage=mixed config and the key ``train`` gives its markers (``plan.config_hash``)."""
+    cfg = compose_cfg(tmp_path, "stage=mixed", f"stage.init_from={asset_path('tiny_qwen3')}")
+    return cfg, plan_stage(stage_mod.mixed_training_config(cfg)).config_hash
+
+
+@pytest.mark.parametrize("stale", ["error", "done"])
+@pytest.mark.parametrize("previous, relaunch", RELAUNCHES.values(), ids=RELAUNCHES)
+def test_a_relaunch_ignores_the_previous_launchs_markers(tmp_path, monkeypatch, previous, relaunch, stale):
+    """The same config gives the same key (the training config hash). The previous attempt's error marker (its
+    round ran out of memory) or done marker (its training did) is still there when the relaunch's rank 1
+    looks, before its rank 0 clears it: rank 1 must neither raise it nor take it, but wait for its own rank 0.
+    The ranks of one launch do take their rank 0's markers."""
+    cfg, key = stage_mixed(tmp_path)
+    fast_polls(monkeypatch)
+    attempts = []
+
+    def prepare(cfg, make_datamodule):
+        attempts.append(time.monotonic())
+        if stale == "error" and len(attempts) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return {"kept": len(attempts)}
+
+    monkeypatch.setattr(stage_mod, "_prepare", prepare)
+    assert launch_id(ranks(previous, 0)) != launch_id(ranks(relaunch, 0))
+    # the previous launch: rank 0 fails or finishes, and its rank 1 takes that marker at once
+    if stale == "error":
+        with pytest.raises(torch.OutOfMemoryError):
+            stage_mod.prepare_mixed_stage(cfg, None, key=key, env=ranks(previous, 0))
+        with pytest.raises(RuntimeError, match="stage=mixed round 0 failed on rank 0.*CUDA out of memory"):
+            stage_mod.prepare_mixed_stage(cfg, _no_rebuild, key=key, env=ranks(previous, 1))
+    else:
+        assert stage_mod.prepare_mixed_stage(cfg, None, key=key, env=ranks(previous, 0)) == {"kept": 1}
+        assert stage_mod.prepare_mixed_stage(cfg, _no_rebuild, key=key, env=ranks(previous, 1)) is None
+    assert (Path(cfg.paths.run_dir) / "mixed" / f"prepared.{stale}.json").is_file()
+    # the relaunch: rank 1 looks first (the stale marker is there) and returns after its rank 0 is done
+    rank_zero = later(0.3, lambda: stage_mod.prepare_mixed_stage(cfg, None, key=key, env=ranks(relaunch, 0)))
+    assert stage_mod.prepare_mixed_stage(cfg, _no_rebuild, key=key, env=ranks(relaunch, 1)) is None
+    returned = time.monotonic()
+    rank_zero.join()
+    assert len(attempts) == 2 and returned >= attempts[1]
+    done = json.loads((Path(cfg.paths.run_dir) / "mixed" / "prepared.done.json").read_text())
+    assert done["key"] == key and done["launch"] == launch_id(ranks(relaunch, 1))
+
+
+@pytest.mark.parametrize("salloc", [False, True])
+def test_lightnings_launcher_starts_ranks_that_take_rank_zeros_markers(tmp_path, monkeypatch, salloc):
+    """``python train.py trainer.devices=3`` (in an salloc shell or not): rank 0 builds the data, then
+    Lightning's launcher starts ranks 1 and 2 with its environment; they must take rank 0's marker (else they
+    would wait forever), and later its round markers too, when rank 0 has exported MASTER_PORT & co."""
+    from lightning.fabric.plugins.environments import LightningEnvironment
+    from lightning.pytorch.strategies.launchers import subprocess_script
+
+    for k in ["MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK", "GROUP_RANK",
+              *[k for k in os.environ if k.startswith(("SLURM_", "TORCHELASTIC_"))]]:
+        monkeypatch.setenv(k, "0")  # restored after the test, although Lightning sets them again below
+        monkeypatch.delenv(k)
+    if salloc:
+        for k, v in {"SLURM_JOB_ID": "77", "SLURM_PROCID": "0", "SLURM_JOB_NAME": "interactive"}.items():
+            monkeypatch.setenv(k, v)
+    cfg, key = stage_mixed(tmp_path)
+    monkeypatch.setattr(stage_mod, "_prepare", lambda cfg, make: {"kept": 1})
+    wait = RankZeroWork.wait
+    monkeypatch.setattr(RankZeroWork, "wait",
+                        lambda self, key=None, **kw: wait(self, key, poll_s=0.02, timeout_s=2))
+    launch = launch_id()
+    assert stage_mod.prepare_mixed_stage(cfg, None, key=key) == {"kept": 1}
+    children = []
+    monkeypatch.setattr(subprocess_script.subprocess, "Popen", lambda cmd, env, cwd: children.append(env))
+    subprocess_script._SubprocessScriptLauncher(LightningEnvironment(), num_processes=3,
+                                                num_nodes=1)._call_children_scripts()
+    assert len(children) == 2 and os.environ["MASTER_PORT"] and launch_id() == launch
+    assert (launch is not None) is salloc
+    for env in children:
+        assert not env_rank_zero(env) and launch_id(env) == launch
+        assert stage_mod.prepare_mixed_stage(cfg, _no_rebuild, key=key, env=env) is None
 
 
 @pytest.mark.parametrize("env, zero", [
@@ -101,6 +203,8 @@ def test_rank_zero_from_the_environment(env, zero):
 
 
 class Strategy:
+    handles_gradient_accumulation = False
+
     def __init__(self, log: list) -> None:
         self.log = log
 
@@ -140,6 +244,42 @@ def test_other_ranks_wait_for_the_round_marker_then_meet_at_a_barrier(tmp_path, 
     _, log = epoch_end(tmp_path, monkeypatch, zero=False, revise=revise)
     assert [x[1] for x in log] == ["mixed_policy_start", "mixed_policy_round", 1]  # barrier, wait, barrier, add
     assert log[1][2] >= written["at"]  # the closing barrier only after rank 0's marker
+
+
+@pytest.mark.parametrize("stale", ["error", "done"])
+def test_a_resumed_relaunch_takes_no_marker_of_an_earlier_attempt_at_its_round(tmp_path, monkeypatch, stale):
+    """A relaunch resumed from the checkpoint before round 1 reaches the same key (round 1 at step 7). Rank 0
+    removes the previous attempt's markers before the barrier that the other ranks pass before they look (the
+    protection under any launcher), and under torchrun rank 1 would not take them anyway (another launch)."""
+    folder = tmp_path / "mixed" / "round_1"
+    previous, relaunch = RELAUNCHES["torchrun"]
+    stale_work = RankZeroWork(folder, "round", env=ranks(previous, 0))
+    key = "round 1 at step 7"
+    write_stale = {"error": lambda: stale_work.fail(RuntimeError("teacher out of memory"), key),
+                   "done": lambda: stale_work.finish(key)}[stale]
+    write_stale()
+    seen = []
+    def barrier(self, name):
+        self.log.append(("barrier", name, time.monotonic()))
+        seen.append((name, sorted(os.listdir(folder))))
+
+    monkeypatch.setattr(Strategy, "barrier", barrier)
+    monkeypatch.setattr(callback_mod, "log_round", lambda *a, **k: None)
+    for k, v in ranks(relaunch, 0).items():
+        monkeypatch.setenv(k, v)
+    epoch_end(tmp_path, monkeypatch, zero=True, revise=lambda k, weights: {"round": k})
+    assert seen[0] == ("mixed_policy_start", [])  # gone before the first barrier
+    stale_work.clear()
+    write_stale()
+    for k, v in ranks(relaunch, 1).items():
+        monkeypatch.setenv(k, v)
+    fast_polls(monkeypatch)
+    own = RankZeroWork(folder, "round", env=ranks(relaunch, 0))
+    written = {}
+    later(0.3, lambda: (own.clear(), own.finish(key), written.setdefault("at", time.monotonic())))
+    _, log = epoch_end(tmp_path, monkeypatch, zero=False, revise=None)
+    assert [x[1] for x in log] == ["mixed_policy_start", "mixed_policy_round", 1]
+    assert log[1][2] >= written["at"]  # rank 1 waited for the relaunch's rank 0
 
 
 def test_rank_zero_marks_its_round_failed(tmp_path, monkeypatch):
@@ -193,6 +333,33 @@ def test_mixed_settings_enter_the_hash_only_where_they_act(tmp_path):
     assert config_hash(tmp_path, "callbacks=mixed_policy", "mixed.n_questions=7") != revised
     assert config_hash(tmp_path, "stage=mixed", "mixed.n_questions=7") != config_hash(tmp_path, "stage=mixed")
     assert config_hash(tmp_path, "mixed.mask_student_prefix=true") != base  # changes the loss of mixed records
+
+
+# a changed value of each ``mixed.*`` key a resume may change (the training hash's NON_TRAINING_KEYS)
+RESUMABLE_MIXED = {"mixed.batch_size": "8", "mixed.transport": "inprocess",
+                   "mixed.python": "/usr/bin/python3", "mixed.offload_training_state": "false"}
+
+
+@pytest.mark.parametrize("key", RESUMABLE_MIXED)
+def test_what_a_resume_may_change_keeps_round_0(tmp_path, key):
+    """A resumed stage=mixed run may change the keys the training hash ignores; then round 0's spec hash must
+    not change either, or the resume would rerun round 0 and continue last.ckpt on other data (other record
+    uuids)."""
+    assert set(RESUMABLE_MIXED) == {k for k in NON_TRAINING_KEYS if k.startswith("mixed.")}
+
+    def hashes(*overrides):
+        cfg = compose_cfg(tmp_path, "stage=mixed", f"stage.init_from={asset_path('tiny_qwen3')}", *overrides)
+        plain = OmegaConf.to_container(stage_mod.mixed_training_config(cfg), resolve=True)
+        spec = build_spec(OmegaConf.to_container(cfg.mixed, resolve=True), round_index=0,
+                          student_model=asset_path("tiny_qwen3"), system_prompt=cfg.data.system_prompt,
+                          end_of_turn=cfg.data.end_of_turn, cutoff_len=cfg.data.cutoff_len,
+                          filters=OmegaConf.to_container(cfg.filters, resolve=True))
+        trained = training_config_hash(plain)
+        return trained, spec_hash(spec)
+
+    assert hashes(f"{key}={RESUMABLE_MIXED[key]}") == hashes()
+    changed, base = hashes("mixed.cap_factor=2.0"), hashes()  # what the round does counts on both sides
+    assert changed[0] != base[0] and changed[1] != base[1]
 
 
 def test_a_stage_config_from_before_the_mixed_groups_keeps_its_hash(tmp_path):

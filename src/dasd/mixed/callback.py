@@ -9,7 +9,9 @@ the new end). The round is part of the Lightning checkpoint: a resumed run train
 
 Several ranks: rank 0 runs the round while the others wait for its done (or error) marker in the round folder
 (``dasd.mixed.sync``), polling, not in a collective, so a round may take longer than the process group's
-timeout; a cheap barrier follows.
+timeout; a cheap barrier follows. A relaunch resumed from a checkpoint reaches the same marker key
+(``round k at step s``): rank 0 removes the markers of an earlier attempt before a barrier that the others
+pass before they look (and the markers carry the launch's identity under torchrun/srun as well).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dasd.mixed.report import log_round
 from dasd.mixed.round import build_spec, draw, run_round
 from dasd.mixed.sync import RankZeroWork
 from dasd.training.optim import OptimConfig, retarget_schedule, warmup_steps
+from dasd.training.strategy import offloaded, optimizer_steps
 from dasd.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -41,10 +44,7 @@ def offload_plan(strategy, module_on_cuda: bool) -> str:
     engine = getattr(strategy, "deepspeed_engine", None)
     if engine is None or engine.zero_optimization_stage() != 3:
         return "module"
-    zero = (getattr(strategy, "config", None) or {}).get("zero_optimization") or {}
-    offloaded = [k for k in ("offload_optimizer", "offload_param")
-                 if str((zero.get(k) or {}).get("device", "none")).lower() not in ("none", "")]
-    return "already_offloaded" if offloaded else "deepspeed"
+    return "already_offloaded" if offloaded(strategy) else "deepspeed"
 
 
 @contextlib.contextmanager
@@ -148,10 +148,10 @@ class MixedPolicyRevision(L.Callback):
                 work.wait(key)
             trainer.strategy.barrier("mixed_policy_round")  # cheap: the round is over
         self._add(k)
-        self.dm.epoch_base = (k, trainer.global_step)
+        self.dm.epoch_base = (k, optimizer_steps(trainer))
         self._stretch(trainer)
         if stats is not None:
-            log_round(trainer.loggers, stats, self.folder(k) / "cutoff_ratio.png", step=trainer.global_step)
+            log_round(trainer.loggers, stats, self.folder(k) / "cutoff_ratio.png", step=optimizer_steps(trainer))
 
     def _revise(self, k: int, weights: Path) -> dict:
         if not (weights / "config.json").is_file():
@@ -184,5 +184,5 @@ class MixedPolicyRevision(L.Callback):
                                    self.dm.micro_batch_size, self.dm.accumulate, trainer.world_size,
                                    trainer.global_rank, self.dm.seed)
         remaining = trainer.max_epochs - (trainer.current_epoch + 1)
-        self.total_steps = trainer.global_step + remaining * sampler.steps_per_epoch
+        self.total_steps = optimizer_steps(trainer) + remaining * sampler.steps_per_epoch
         retarget_schedule(trainer.lr_scheduler_configs[0].scheduler, self.optim, self.total_steps, self.warmup)

@@ -67,8 +67,16 @@ def build_engine(kind: str, model: str, args: dict | None = None) -> Engine:
     return instantiate({"_target_": ENGINES[kind], "model": model, **(args or {})})
 
 
+# spec keys that set how fast a phase runs, not what it writes (each request carries its own seed, whatever
+# batch it is sent in): a finished phase is kept and the record uuids stay when they change, as a resume of
+# the training may change them (``mixed.batch_size`` is one of the training hash's NON_TRAINING_KEYS)
+THROUGHPUT_KEYS = ("batch_size",)
+
+
 def spec_hash(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """What a round's phases produce from: the spec without ``THROUGHPUT_KEYS``."""
+    core = {k: v for k, v in spec.items() if k not in THROUGHPUT_KEYS}
+    return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def write_jsonl(path: Path, rows) -> None:

@@ -43,7 +43,10 @@ def build_spec(settings: dict, *, round_index: int, student_model: str, system_p
                end_of_turn: str, filters: dict | None, cutoff_len: int | None = None) -> dict:
     """The JSON spec of a round from the ``mixed`` config (see conf/mixed/default.yaml); ``run_round`` adds
     the hash of the round's questions. ``cutoff_len`` (``data.cutoff_len``, student tokens of a templated
-    sample) bounds each teacher continuation (``revise.continuation_budget``); None: no bound."""
+    sample) bounds each teacher continuation (``revise.continuation_budget``); None: no bound. ``batch_size``
+    (requests per engine call) is outside the spec's hash (``revise.THROUGHPUT_KEYS``): each request carries
+    its own seed, and the training hash ignores it too, so a resume that changes it keeps the finished
+    round."""
     s, t = settings["student"], settings["teacher"]
     return {
         "round": round_index, "seed": settings["seed"], "cap_factor": settings["cap_factor"],
@@ -81,7 +84,8 @@ def _child(phase: str, spec_path: Path, python: str | None) -> float:
 def run_round(folder: Path, questions: list[dict], spec_base: dict, *, transport: str = "subprocess",
               python: str | None = None) -> dict:
     """Write the questions and spec into ``folder``, run both phases (skipping ones already done with this
-    spec), plot, and return the round's statistics (``stats.json``) with the wall time of each phase."""
+    spec's hash), plot, and return the round's statistics (``stats.json``) with the wall time of each
+    phase."""
     if transport not in ("subprocess", "inprocess"):
         raise ValueError(f"mixed.transport must be subprocess or inprocess, got {transport!r}")
     paths = RoundPaths(folder)

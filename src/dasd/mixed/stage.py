@@ -15,13 +15,15 @@
 The stage's training config (``mixed_training_config``) does not depend on the round's outputs, so
 ``train`` can tell a completed run (and return) before any of this. With several ranks only global rank 0
 (from the launcher's environment: no process group exists yet) builds the data; the others wait for its
-``mixed/prepared.done.json`` marker (``dasd.mixed.sync``).
+``mixed/prepared.done.json`` marker of this launch (``dasd.mixed.sync``: a relaunch with the same config must
+not take the previous attempt's marker).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from filelock import FileLock
@@ -94,12 +96,14 @@ def unique_by_uuid(records: list[dict]) -> tuple[list[dict], int]:
 
 
 def prepare_mixed_stage(cfg: DictConfig, make_datamodule, key: str | None = None,
-                        rank_zero: bool | None = None) -> dict | None:
+                        rank_zero: bool | None = None, env: Mapping[str, str] | None = None) -> dict | None:
     """Run round 0 and write ``mixed/train.jsonl`` (train on it with ``mixed_training_config(cfg)``); returns
     the round's statistics with the data's composition. Only rank 0 (``env_rank_zero`` unless ``rank_zero``
-    says) builds them; the other ranks wait for its marker with ``key`` and return None."""
-    work = RankZeroWork(Path(cfg.paths.run_dir) / "mixed", "prepared", what="stage=mixed round 0")
-    if not (env_rank_zero() if rank_zero is None else rank_zero):
+    says) builds them; the other ranks wait for its marker with ``key`` (the training config hash) of this
+    launch (``dasd.mixed.sync.launch_id``) and return None. ``env``: the launcher's environment (None: this
+    process's)."""
+    work = RankZeroWork(Path(cfg.paths.run_dir) / "mixed", "prepared", what="stage=mixed round 0", env=env)
+    if not (env_rank_zero(env) if rank_zero is None else rank_zero):
         work.wait(key)
         return None
     with work.signal(key):
