@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
 GENERATE_ONLY = ("teacher", "engine")  # groups of conf/generate.yaml; every other group belongs to train.yaml
+EVALUATE_ONLY = ("task",)  # groups of conf/evaluate.yaml only
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
 
 
@@ -45,6 +46,10 @@ def test_every_option_composes_and_resolves(group, option, tmp_path):
         plain = OmegaConf.to_container(compose_cfg([f"{group}={option}"], tmp_path, name="generate"), resolve=True)
         assert plain["teacher"]["name_or_path"] and plain["engine"]["_target_"].startswith("dasd.generation.")
         assert plain["sampling"]["temperature"] == 0.6
+        return
+    if group in EVALUATE_ONLY:
+        plain = OmegaConf.to_container(compose_cfg([f"{group}={option}"], tmp_path, name="evaluate"), resolve=True)
+        assert plain["task"]["max_tokens"] == plain["sampling"]["max_tokens"] and plain["k"] >= 1
         return
     cfg = compose_cfg([f"{group}={option}"], tmp_path, hydra_cfg=(group == "hydra"))
     if group == "hydra":

@@ -31,7 +31,7 @@ NON_TRAINING_KEYS = ("resume", "logger", "paths", "tags", "train.save_every_n_st
                      "data.cache", "data.num_proc", "data.num_workers", "data_only", "sampler.engine",
                      "sampler.engine_args", "sampler.batch_size", "sampler.flush_every", "sampler.num_examples",
                      "sampler.store_dir", "mixed.transport", "mixed.python", "mixed.batch_size",
-                     "mixed.offload_training_state", "strategy.timeout_minutes",
+                     "mixed.offload_training_state", "strategy.timeout_minutes", "eval",
                      "student.load.attn_implementation")  # a kernel choice: every choice isolates samples
 
 

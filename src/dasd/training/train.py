@@ -63,6 +63,11 @@ def _callbacks(cfg: DictConfig, plan: StagePlan, tokenizer, dm: SFTDataModule) -
             dm, plan.run_dir, ckpt_dir / "hf", OmegaConf.to_container(cfg.mixed, resolve=True),
             OmegaConf.to_container(cfg.filters, resolve=True) if cfg.filters.order else None,
             OptimConfig(**OmegaConf.to_container(cfg.optim)), every_n_epochs=revision.get("every_n_epochs", 1)))
+    if cfg.get("eval"):  # eval=default; after HFCheckpoint, whose on_train_end writes checkpoints/hf/final
+        from dasd.eval.callback import EvaluateAtEnd
+
+        callbacks.append(EvaluateAtEnd(plan.run_dir, ckpt_dir / "hf" / "final", OmegaConf.to_container(
+            cfg.eval, resolve=True), root_dir=cfg.paths.root_dir, experiment_name=cfg.experiment_name))
     if cfg.trainer.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=cfg.train.progress_refresh_rate))
     return callbacks
@@ -202,4 +207,7 @@ def train(cfg: DictConfig) -> dict:
                                  "lightning_last": str(plan.run_dir / "checkpoints" / "last.ckpt"),
                                  "metrics": str(plan.run_dir / "metrics.jsonl"),
                                  "loss_curve": str(plan.run_dir / "loss_curve.png")})
+        evaluated = [c.eval_result for c in trainer.callbacks if getattr(c, "eval_result", None)]
+        if evaluated:  # eval=default: EvaluateAtEnd's summary of the final checkpoint
+            manifest.update(eval=evaluated[0])
     return metrics

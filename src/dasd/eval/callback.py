@@ -1,0 +1,123 @@
+"""``EvaluateAtEnd``: evaluate the final HF checkpoint when training ends (``eval=default`` in train.py).
+
+Global rank 0 runs ``python evaluate.py`` in a child process on ``checkpoints/hf/final`` (written by
+``HFCheckpoint.on_train_end``, which runs first), so the evaluation's memory, GPU memory included, is its own
+and returned when it exits; on a GPU the training state is parked in CPU memory meanwhile
+(``offload_training_state``). The other ranks wait at a barrier. Outputs land in ``<run_dir>/eval/<task>/``;
+the summary scalars, a per-question table and the figure go to the training run's loggers, and
+``eval_result`` (read by ``train``) goes into the manifest. A failed evaluation is logged and recorded
+(``status: failed`` with its log), and does not fail the finished training run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+
+from dasd.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def _quote(value: str) -> str:
+    """A Hydra override value taken literally (quoted; paths and prompts may hold spaces or commas)."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def evaluate_script() -> Path:
+    import dasd
+
+    path = Path(dasd.__file__).resolve().parents[2] / "evaluate.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"eval=default runs the repository's evaluate.py; not found at {path}")
+    return path
+
+
+class EvaluateAtEnd(L.Callback):
+    """Run ``evaluate.py`` on ``checkpoint`` after the last epoch (settings: conf/eval/default.yaml)."""
+
+    def __init__(self, run_dir: str | Path, checkpoint: str | Path, settings: dict, *, root_dir: str,
+                 experiment_name: str) -> None:
+        self.run_dir, self.checkpoint, self.settings = Path(run_dir), Path(checkpoint), settings
+        self.root_dir, self.experiment_name = root_dir, experiment_name
+        self.out_dir = self.run_dir / "eval" / str(settings["task"])
+        self.eval_result: dict | None = None
+
+    def command(self) -> list[str]:
+        s = self.settings
+        system = "null" if s.get("system_prompt") is None else _quote(s["system_prompt"])
+        overrides = [f"task={s['task']}", f"engine={s.get('engine', 'hf')}",
+                     f"model={_quote(self.checkpoint)}", f"paths.root_dir={_quote(self.root_dir)}",
+                     f"hydra.run.dir={_quote(self.out_dir)}", "logger=none", f"system_prompt={system}",
+                     f"experiment_name={_quote(self.experiment_name)}"]
+        if s.get("k") is not None:
+            overrides.append(f"k={int(s['k'])}")
+        python = s.get("python") or sys.executable
+        return [python, str(evaluate_script()), *overrides, *(s.get("overrides") or [])]
+
+    def run(self) -> dict:
+        """Run the child; return the manifest entry (summary numbers and paths, or the failure)."""
+        import dasd
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        src = str(Path(dasd.__file__).resolve().parents[1])
+        env = {**os.environ, "HYDRA_FULL_ERROR": "1",
+               "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
+        cmd, log_file = self.command(), self.out_dir / "evaluate_child.log"
+        log.info("evaluating the final checkpoint: %s", " ".join(cmd))
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        log_file.write_text(proc.stdout)
+        entry = {"task": self.settings["task"], "checkpoint": str(self.checkpoint), "dir": str(self.out_dir),
+                 "log": str(log_file), "seconds": round(time.perf_counter() - t0, 3), "command": cmd}
+        if proc.returncode != 0 or not (self.out_dir / "summary.json").is_file():
+            log.error("the evaluation failed (exit %d); its log is %s:\n%s", proc.returncode, log_file,
+                      proc.stdout[-3000:])
+            return {**entry, "status": "failed", "exit_code": proc.returncode}
+        summary = json.loads((self.out_dir / "summary.json").read_text())
+        keep = ("k", "n_questions", "avg@k", "ci95", "ci_method", "truncation_rate", "mean_response_tokens",
+                "median_response_tokens", "max_tokens", "per_grader")
+        return {**entry, "status": "completed", **{key: summary[key] for key in keep},
+                "summary": str(self.out_dir / "summary.json"), "results": str(self.out_dir / "results.jsonl")}
+
+    def log_to(self, trainer: L.Trainer) -> None:
+        """Summary scalars to every logger; the per-question table and the figure to W&B."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        from dasd.eval.run import TABLE_COLUMNS, logged_scalars, read_results, table_rows
+        from dasd.training.strategy import optimizer_steps
+
+        summary = json.loads((self.out_dir / "summary.json").read_text())
+        task, step = str(self.settings["task"]), optimizer_steps(trainer)
+        scalars = logged_scalars(summary["task"], summary)
+        for lg in trainer.loggers:
+            lg.log_metrics(scalars, step=step)
+            if isinstance(lg, WandbLogger):
+                lg.experiment.summary.update(scalars)
+                lg.log_table(key=f"eval/{task}/questions", columns=TABLE_COLUMNS,
+                             data=table_rows(read_results(self.out_dir / "results.jsonl")))
+                lg.log_image(key=f"eval/{task}/summary", images=[str(self.out_dir / "eval_summary.png")],
+                             step=step)
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            from dasd.mixed.callback import training_state_offloaded
+
+            if not self.checkpoint.is_dir():
+                raise FileNotFoundError(f"eval: no final HF checkpoint at {self.checkpoint}")
+            offload = bool(self.settings.get("offload_training_state", True))
+            with training_state_offloaded(trainer, module, offload):
+                self.eval_result = self.run()
+            if self.eval_result["status"] == "completed":
+                self.log_to(trainer)
+                r = self.eval_result
+                log.info("eval %s: avg@%d = %.2f%% (95%% CI %.2f-%.2f) on %d questions; in %s",
+                         self.settings["task"], r["k"], r["avg@k"], *r["ci95"], r["n_questions"],
+                         self.out_dir)
+        trainer.strategy.barrier("eval_at_end")  # the other ranks wait (mind strategy.timeout_minutes)

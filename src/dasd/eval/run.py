@@ -1,0 +1,236 @@
+"""``evaluate(cfg)``: avg@k accuracy of a model on a task with the paper's protocol (``python evaluate.py``).
+
+Protocol (method.md §9): every question is asked ``k`` times as a chat [system prompt, question] at
+temperature 1.0 and top_p 1.0 with a token budget per task (AIME 102,400, GPQA-Diamond 81,920); every sample
+is graded (``dasd.eval.grading.grade``); avg@k is the mean of the per-question accuracies, in % (= expected
+pass@1). The 95% CI is a percentile bootstrap over questions (``bootstrap`` resamples, fixed seed 0), so it
+reflects question sampling, not the k samples' own noise.
+
+Seeded and resumable: question ``id`` draws its k samples from seed ``question_seed(seed, id)``, whatever its
+position or batch, and ``results.jsonl`` is appended one batch at a time, so a rerun with the same settings
+(``eval_key.json``) generates only the questions not yet there and gives the same result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from dasd.generation.engine import Engine, Request, SamplingConfig
+from dasd.training.loggers import resolve_wandb_mode
+from dasd.utils.logging import get_logger
+from dasd.utils.run import Manifest, config_hash, git_revision, versions
+
+log = get_logger(__name__)
+CI_METHOD = "percentile bootstrap over questions (95%, seed 0)"
+
+
+def question_seed(seed: int, question_id: str) -> int:
+    """The stable seed of a question's k samples."""
+    return int(hashlib.sha256(f"{seed}:{question_id}".encode()).hexdigest()[:8], 16)
+
+
+def grade_question(engine: Engine, items: list, sampling: SamplingConfig, *, seed: int,
+                   system_prompt: str | None, chat_template_kwargs: dict, save_responses: bool) -> list[dict]:
+    """One ``results.jsonl`` row per item: k samples from one engine call, each graded."""
+    from dasd.eval.grading import grade
+
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    requests = [Request(messages=(*system, {"role": "user", "content": it.question}),
+                        chat_template_kwargs=chat_template_kwargs, seed=question_seed(seed, it.id))
+                for it in items]
+    rows = []
+    for it, samples in zip(items, engine.generate(requests, sampling), strict=True):
+        correct = [bool(grade(it.grader, s.text, it.reference)) for s in samples]
+        row = {"id": it.id, "grader": it.grader, "reference": it.reference, "correct": correct,
+               "accuracy": sum(correct) / len(correct),
+               "response_tokens": [len(s.token_ids) for s in samples],
+               "finish_reasons": [s.finish_reason for s in samples], "meta": it.meta}
+        if save_responses:
+            row["responses"] = [s.text for s in samples]
+        rows.append(row)
+    return rows
+
+
+def bootstrap_ci(values: list[float], resamples: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean of ``values`` (resampling the values)."""
+    x = np.asarray(values, dtype=float)
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(resamples, len(x)))
+    means = x[idx].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def summarize(rows: list[dict], k: int, resamples: int = 10000) -> dict:
+    """avg@k (%), its CI, lengths, truncation and the per-grader breakdown of ``results.jsonl`` rows."""
+    acc = [r["accuracy"] for r in rows]
+    tokens = [t for r in rows for t in r["response_tokens"]]
+    finishes = [f for r in rows for f in r["finish_reasons"]]
+    lo, hi = bootstrap_ci(acc, resamples)
+    per_grader = {}
+    for g in sorted({r["grader"] for r in rows}):
+        sub = [r["accuracy"] for r in rows if r["grader"] == g]
+        per_grader[g] = {"n_questions": len(sub), "avg@k": 100 * sum(sub) / len(sub)}
+    return {"k": k, "n_questions": len(rows), "n_samples": len(tokens),
+            "avg@k": 100 * sum(acc) / len(acc) if acc else float("nan"),
+            "ci95": [100 * lo, 100 * hi], "ci_method": CI_METHOD, "bootstrap_resamples": resamples,
+            "mean_response_tokens": statistics.fmean(tokens) if tokens else 0.0,
+            "median_response_tokens": statistics.median(tokens) if tokens else 0.0,
+            "truncation_rate": finishes.count("length") / len(finishes) if finishes else 0.0,
+            "generated_tokens": sum(tokens), "per_grader": per_grader}
+
+
+def plot_eval(rows: list[dict], path: str | Path, title: str) -> None:
+    """Accuracy per question (histogram over questions) and response length split by correct/incorrect."""
+    from dasd.utils.plots import plt
+
+    k = max((len(r["correct"]) for r in rows), default=1)
+    good = [t for r in rows for t, c in zip(r["response_tokens"], r["correct"], strict=True) if c]
+    bad = [t for r in rows for t, c in zip(r["response_tokens"], r["correct"], strict=True) if not c]
+    fig, (ax_acc, ax_len) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax_acc.hist([r["accuracy"] for r in rows], bins=np.linspace(0, 1, min(k, 20) + 2), color="tab:green")
+    ax_acc.set(xlabel=f"accuracy over the {k} samples", ylabel="questions", title="per question")
+    bins = np.linspace(0, max(good + bad, default=1), 41)
+    ax_len.hist([good, bad], bins=bins, stacked=True, color=["tab:blue", "tab:red"],
+                label=[f"correct ({len(good)})", f"incorrect ({len(bad)})"])
+    ax_len.set(xlabel="response length (tokens)", ylabel="samples", title="length")
+    ax_len.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def logged_scalars(task: str, summary: dict) -> dict:
+    """The summary as ``eval/<task>/...`` scalars (avg@k under its own k, e.g. ``eval/aime24/avg@64``)."""
+    p = f"eval/{task}"
+    return {f"{p}/avg@{summary['k']}": summary["avg@k"], f"{p}/ci95_low": summary["ci95"][0],
+            f"{p}/ci95_high": summary["ci95"][1], f"{p}/truncation_rate": summary["truncation_rate"],
+            f"{p}/mean_response_tokens": summary["mean_response_tokens"],
+            f"{p}/median_response_tokens": summary["median_response_tokens"],
+            f"{p}/n_questions": summary["n_questions"]}
+
+
+TABLE_COLUMNS = ["id", "grader", "reference", "accuracy", "n_correct", "mean_tokens", "truncated"]
+
+
+def table_rows(rows: list[dict]) -> list[list]:
+    return [[r["id"], r["grader"], str(r["reference"])[:500], r["accuracy"], sum(r["correct"]),
+             statistics.fmean(r["response_tokens"]), r["finish_reasons"].count("length")] for r in rows]
+
+
+def read_results(path: Path) -> list[dict]:
+    """Complete rows of a ``results.jsonl`` (a line cut by a kill is dropped)."""
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def _resume(run_dir: Path, key: str, enabled: bool) -> list[dict]:
+    """Rows of an earlier run with the same settings; otherwise start a fresh ``results.jsonl``."""
+    results, key_file = run_dir / "results.jsonl", run_dir / "eval_key.json"
+    old = json.loads(key_file.read_text()).get("key") if key_file.is_file() else None
+    rows = read_results(results) if enabled and old == key else []
+    results.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    key_file.write_text(json.dumps({"key": key}))
+    return rows
+
+
+def _log_wandb(cfg: DictConfig, run_dir: Path, task: str, summary: dict, rows: list[dict], png: Path,
+               config: dict) -> None:
+    mode = resolve_wandb_mode(cfg.logger.get("mode", "auto")) if cfg.logger.name == "wandb" else "disabled"
+    if mode == "disabled":
+        return
+    import wandb
+
+    run = wandb.init(project=cfg.logger.get("project", "dasd"), entity=cfg.logger.get("entity"), mode=mode,
+                     dir=str(run_dir), group=cfg.experiment_name, job_type="evaluate", config=config,
+                     name=str(cfg.run_name))
+    scalars = logged_scalars(task, summary)
+    run.summary.update(scalars)
+    run.log({**scalars, f"eval/{task}/questions": wandb.Table(columns=TABLE_COLUMNS, data=table_rows(rows)),
+             f"eval/{task}/summary": wandb.Image(str(png))})
+    run.finish()
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Generate k samples per question, grade them, write ``results.jsonl``, ``summary.json``,
+    ``eval_summary.png`` and the manifest into the run dir, and log the summary (W&B). Returns the summary."""
+    from dasd.eval.tasks import load_task
+
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    task, k = cfg.task.name, int(cfg.k)
+    sampling = SamplingConfig(n=k, temperature=float(cfg.sampling.temperature),
+                              top_p=float(cfg.sampling.top_p), max_tokens=int(cfg.sampling.max_tokens),
+                              seed=cfg.seed,
+                              logprob_mode=cfg.sampling.logprob_mode)
+    items, report = load_task(cfg.task.loader, cfg.task.path, seed=cfg.task.seed, limit=cfg.task.limit,
+                              on_error=cfg.task.on_error)
+    if not items:
+        raise ValueError(f"task {task!r}: no questions in {cfg.task.path} (loader report: {report})")
+    key = config_hash({"model": cfg.model, "task": config["task"], "k": k, "seed": cfg.seed,
+                       "system_prompt": cfg.system_prompt, "sampling": config["sampling"],
+                       "chat_template_kwargs": config["chat_template_kwargs"], "engine": config["engine"],
+                       "ids": [it.id for it in items]})
+    rows = _resume(run_dir, key, bool(cfg.resume))
+    done = {r["id"] for r in rows}
+    todo = [it for it in items if it.id not in done]
+    log.info("evaluating %s on %s: %d questions x k=%d, T=%.1f, top_p=%.1f, max_tokens=%d (%d already done)",
+             cfg.model, task, len(items), k, sampling.temperature, sampling.top_p, sampling.max_tokens,
+             len(done))
+    t0, new_tokens = time.perf_counter(), 0
+    if todo:
+        engine = instantiate(cfg.engine)
+        try:
+            kwargs = OmegaConf.to_container(cfg.chat_template_kwargs, resolve=True)
+            for a in range(0, len(todo), int(cfg.batch_size)):
+                batch = grade_question(engine, todo[a:a + int(cfg.batch_size)], sampling, seed=int(cfg.seed),
+                                       system_prompt=cfg.system_prompt, chat_template_kwargs=kwargs,
+                                       save_responses=bool(cfg.save_responses))
+                with (run_dir / "results.jsonl").open("a") as f:
+                    f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in batch))
+                rows += batch
+                new_tokens += sum(t for r in batch for t in r["response_tokens"])
+                dt = time.perf_counter() - t0
+                so_far = 100 * statistics.fmean(r["accuracy"] for r in rows)
+                log.info("%d/%d questions: avg@%d so far %.1f%%, %.0f tokens/s, %.0f s", len(rows),
+                         len(items), k, so_far, new_tokens / max(dt, 1e-9), dt)
+        finally:
+            engine.close()
+    order = {it.id: i for i, it in enumerate(items)}
+    rows.sort(key=lambda r: order[r["id"]])
+    seconds = time.perf_counter() - t0
+    summary = {"task": task, "model": str(cfg.model), "engine": cfg.engine._target_.rsplit(".", 1)[-1],
+               **summarize(rows, k, int(cfg.bootstrap)), "max_tokens": sampling.max_tokens,
+               "temperature": sampling.temperature, "top_p": sampling.top_p,
+               "system_prompt": cfg.system_prompt,
+               "seconds": round(seconds, 3), "tokens_per_s": new_tokens / seconds if new_tokens else None,
+               "loader_report": report}
+    png = run_dir / "eval_summary.png"
+    plot_eval(rows, png, f"{task} · avg@{k} {summary['avg@k']:.1f}% · {Path(str(cfg.model)).name}")
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "config": config, "versions": versions()},
+                                                     indent=2, default=str))
+    Manifest(run_dir / "manifest.json").update(
+        status="completed", kind="evaluate", config=config, summary=summary, versions=versions(),
+        git=git_revision(Path(__file__).parent), finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        outputs={"results": str(run_dir / "results.jsonl"), "summary": str(run_dir / "summary.json"),
+                 "figure": str(png)})
+    _log_wandb(cfg, run_dir, task, summary, rows, png, config)
+    log.info("%s avg@%d = %.2f%% (95%% CI %.2f-%.2f, %d questions), truncation %.3f, mean %.0f tokens; in %s",
+             task, k, summary["avg@k"], *summary["ci95"], summary["n_questions"], summary["truncation_rate"],
+             summary["mean_response_tokens"], run_dir)
+    return summary
