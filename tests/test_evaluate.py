@@ -71,9 +71,12 @@ def _records(path: Path, answers: dict[str, str], sample_file: Path, n: int) -> 
     return write_jsonl(path, rows)
 
 
+BASE = "model=${asset:tiny_qwen3_base}"  # pre-trained on the sample pool: it closes </think> and answers
+
+
 def _eval_in_process(tmp_path: Path, name: str, data: Path, *overrides: str) -> tuple[dict, list[dict]]:
-    cfg = compose_cfg([f"task.path={data}", "task.limit=null", "k=1", "task.max_tokens=12", "logger=none",
-                       "engine.device=cpu", *overrides], tmp_path / name, name="evaluate")
+    cfg = compose_cfg([f"task.path={data}", "task.limit=null", "k=1", "task.max_tokens=128", "logger=none",
+                       "engine.device=cpu", BASE, *overrides], tmp_path / name, name="evaluate")
     summary = evaluate(cfg)
     return summary, read_results(Path(cfg.paths.run_dir) / "results.jsonl")
 
@@ -84,7 +87,8 @@ def test_wrong_references_score_zero_and_own_answers_score_full(tmp_path, sample
     wrong = _records(tmp_path / "wrong.jsonl", {}, sample_file, 4)
     summary, rows = _eval_in_process(tmp_path, "wrong", wrong, "save_responses=true")
     assert summary["avg@k"] == 0 and summary["n_questions"] == 4
-    own = {r["id"].removeprefix("records/"): exact_answer(r["responses"][0]) for r in rows}
+    own = {r["id"].removeprefix("records/"): exact_answer(r["responses"][0]) for r in rows
+           if not r["unfinished"][0]}  # a sample cut inside its reasoning has no answer
     own = {k: v for k, v in own.items() if v}  # a blank response has no answer
     assert own, "the tiny model wrote nothing at all"
     right = _records(tmp_path / "right.jsonl", own, sample_file, 4)
@@ -142,3 +146,40 @@ def test_evaluate_cli_with_vllm(tmp_path):
     assert summary["engine"] == "VLLMEngine" and summary["n_questions"] == len(rows) == 4
     assert all(len(r["correct"]) == 2 and max(r["response_tokens"]) <= 24 for r in rows)
     assert summary["avg@k"] == pytest.approx(100 * statistics.fmean(r["accuracy"] for r in rows))
+
+
+def test_unfinished_reasoning_is_never_correct():
+    """A sample cut by the budget before </think> has no answer: the numbers and letters of its reasoning do
+    not count, even where the grader would find the reference in them."""
+    from dasd.eval.grading import grade
+    from dasd.eval.run import unfinished
+    from dasd.generation.engine import Sample
+
+    def sample(text, finish):
+        return Sample(text=text, token_ids=[1], logprobs=[0.0], finish_reason=finish, prompt_token_ids=[0],
+                      logprob_mode="raw")
+
+    cut = sample("<think>\nlet me compute 6*7 = 42, so \\boxed{42}", "length")
+    assert grade("math", cut.text, "42")  # what the grader alone would say
+    assert unfinished(cut)
+    assert not unfinished(sample("<think>\n6*7 = 42\n</think>\n\n\\boxed{42}", "length"))
+    assert not unfinished(sample("\\boxed{42}", "stop"))
+
+
+def test_a_run_dir_never_mixes_or_silently_replaces_another_models_results(tmp_path, sample_file):
+    """Resume keeps only results of the same model weights and settings; another model in the same run dir
+    is refused unless overwrite=true, which replaces the results."""
+    data = _records(tmp_path / "d.jsonl", {}, sample_file, 2)
+
+    def run(*overrides):
+        cfg = compose_cfg([f"task.path={data}", "task.limit=null", "k=1", "task.max_tokens=16", "logger=none",
+                           "engine.device=cpu", "run_name=same", *overrides], tmp_path, name="evaluate")
+        return evaluate(cfg), read_results(Path(cfg.paths.run_dir) / "results.jsonl")
+
+    first, rows = run()
+    again, rows_again = run()  # same settings: nothing regenerated, same rows
+    assert rows_again == rows and again["avg@k"] == first["avg@k"]
+    with pytest.raises(ValueError, match="holds the results of another evaluation.*overwrite=true"):
+        run(BASE)
+    _, rows_base = run(BASE, "overwrite=true")
+    assert len(rows_base) == 2 and [r["id"] for r in rows_base] == [r["id"] for r in rows]

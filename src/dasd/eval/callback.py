@@ -3,7 +3,7 @@
 Global rank 0 runs ``python evaluate.py`` in a child process on ``checkpoints/hf/final`` (written by
 ``HFCheckpoint.on_train_end``, which runs first), so the evaluation's memory, GPU memory included, is its own
 and returned when it exits; on a GPU the training state is parked in CPU memory meanwhile
-(``offload_training_state``). The other ranks wait at a barrier. Outputs land in ``<run_dir>/eval/<task>/``;
+(``offload_training_state``). The other ranks wait for its done marker, not in a collective. Outputs land in ``<run_dir>/eval/<task>/``;
 the summary scalars, a per-question table and the figure go to the training run's loggers, and
 ``eval_result`` (read by ``train``) goes into the manifest. A failed evaluation is logged and recorded
 (``status: failed`` with its log), and does not fail the finished training run.
@@ -55,7 +55,8 @@ class EvaluateAtEnd(L.Callback):
         overrides = [f"task={s['task']}", f"engine={s.get('engine', 'hf')}",
                      f"model={_quote(self.checkpoint)}", f"paths.root_dir={_quote(self.root_dir)}",
                      f"hydra.run.dir={_quote(self.out_dir)}", "logger=none", f"system_prompt={system}",
-                     f"experiment_name={_quote(self.experiment_name)}"]
+                     f"experiment_name={_quote(self.experiment_name)}",
+                     "overwrite=true"]  # this run's final weights replace whatever an earlier attempt evaluated
         if s.get("k") is not None:
             overrides.append(f"k={int(s['k'])}")
         python = s.get("python") or sys.executable
@@ -106,9 +107,26 @@ class EvaluateAtEnd(L.Callback):
                              step=step)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
-            from dasd.mixed.callback import training_state_offloaded
+        from dasd.mixed.sync import RankZeroWork
 
+        work = RankZeroWork(self.out_dir, "eval", what=f"evaluation of {self.checkpoint}")
+        key = f"eval {self.settings['task']} of {self.checkpoint}"
+        if trainer.is_global_zero:
+            work.clear()  # a marker of an earlier attempt must not release the other ranks
+        trainer.strategy.barrier("eval_at_end_start")  # cheap: every rank has finished training
+        if trainer.is_global_zero:
+            with work.signal(key):
+                self._evaluate(trainer, module)
+        else:  # no collective while rank 0 evaluates: an evaluation may outlast the process group's timeout
+            work.wait(key)
+        trainer.strategy.barrier("eval_at_end")  # cheap: the evaluation is over
+
+    def _evaluate(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        """Rank 0: evaluate the final checkpoint; a failure is recorded (``status: failed``) and logged, and
+        never fails the trained stage."""
+        from dasd.mixed.callback import training_state_offloaded
+
+        try:
             if not self.checkpoint.is_dir():
                 raise FileNotFoundError(f"eval: no final HF checkpoint at {self.checkpoint}")
             offload = bool(self.settings.get("offload_training_state", True))
@@ -120,4 +138,6 @@ class EvaluateAtEnd(L.Callback):
                 log.info("eval %s: avg@%d = %.2f%% (95%% CI %.2f-%.2f) on %d questions; in %s",
                          self.settings["task"], r["k"], r["avg@k"], *r["ci95"], r["n_questions"],
                          self.out_dir)
-        trainer.strategy.barrier("eval_at_end")  # the other ranks wait (mind strategy.timeout_minutes)
+        except Exception as e:  # noqa: BLE001 - recorded in the manifest; the trained stage stands
+            log.error("eval of %s failed: %s: %s", self.checkpoint, type(e).__name__, e)
+            self.eval_result = {"status": "failed", "error": f"{type(e).__name__}: {e}", "out_dir": str(self.out_dir)}

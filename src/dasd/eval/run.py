@@ -37,6 +37,31 @@ def question_seed(seed: int, question_id: str) -> int:
     return int(hashlib.sha256(f"{seed}:{question_id}".encode()).hexdigest()[:8], 16)
 
 
+def model_fingerprint(model: str) -> str | list:
+    """What identifies a model's weights: a hub id as given; a local directory by the name, size and
+    modification time of its config and weight files (new weights at the same path are another model)."""
+    path = Path(str(model))
+    if not path.is_dir():
+        return str(model)
+    files = [f for f in path.iterdir() if f.is_file() and (f.name == "config.json" or ".safetensors" in f.name
+                                                            or f.suffix == ".bin")]
+    return sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files)
+
+
+def item_hash(item) -> str:
+    """A question as asked and graded (id, text, grader, reference): a stored result counts only for it."""
+    body = json.dumps([item.id, item.question, item.grader, item.reference], ensure_ascii=False)
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def unfinished(sample) -> bool:
+    """A sample cut by the token budget before its reasoning closed (no ``</think>``): it has no answer,
+    whatever numbers or letters its reasoning mentions."""
+    from dasd.eval.grading import THINK_CLOSE
+
+    return sample.finish_reason == "length" and THINK_CLOSE not in sample.text
+
+
 def grade_question(engine: Engine, items: list, sampling: SamplingConfig, *, seed: int,
                    system_prompt: str | None, chat_template_kwargs: dict, save_responses: bool) -> list[dict]:
     """One ``results.jsonl`` row per item: k samples from one engine call, each graded."""
@@ -48,8 +73,12 @@ def grade_question(engine: Engine, items: list, sampling: SamplingConfig, *, see
                 for it in items]
     rows = []
     for it, samples in zip(items, engine.generate(requests, sampling), strict=True):
-        correct = [bool(grade(it.grader, s.text, it.reference)) for s in samples]
-        row = {"id": it.id, "grader": it.grader, "reference": it.reference, "correct": correct,
+        if len(samples) != sampling.n:  # e.g. a server that ignores n: accuracy over fewer samples
+            raise RuntimeError(f"the engine returned {len(samples)} samples for question {it.id}, not k={sampling.n}")
+        cut = [unfinished(s) for s in samples]
+        correct = [not c and bool(grade(it.grader, s.text, it.reference)) for s, c in zip(samples, cut, strict=True)]
+        row = {"id": it.id, "qhash": item_hash(it), "grader": it.grader, "reference": it.reference,
+               "correct": correct, "unfinished": cut,
                "accuracy": sum(correct) / len(correct),
                "response_tokens": [len(s.token_ids) for s in samples],
                "finish_reasons": [s.finish_reason for s in samples], "meta": it.meta}
@@ -85,6 +114,8 @@ def summarize(rows: list[dict], k: int, resamples: int = 10000) -> dict:
             "mean_response_tokens": statistics.fmean(tokens) if tokens else 0.0,
             "median_response_tokens": statistics.median(tokens) if tokens else 0.0,
             "truncation_rate": finishes.count("length") / len(finishes) if finishes else 0.0,
+            "unfinished_rate": (sum(sum(r.get("unfinished", [])) for r in rows) / len(finishes)
+                                if finishes else 0.0),
             "generated_tokens": sum(tokens), "per_grader": per_grader}
 
 
@@ -138,13 +169,23 @@ def read_results(path: Path) -> list[dict]:
     return rows
 
 
-def _resume(run_dir: Path, key: str, enabled: bool) -> list[dict]:
-    """Rows of an earlier run with the same settings; otherwise start a fresh ``results.jsonl``."""
+def _resume(run_dir: Path, key: str, items: list, enabled: bool, overwrite: bool) -> list[dict]:
+    """Rows of an earlier run with the same settings whose question is asked as now (``qhash``); otherwise a
+    fresh ``results.jsonl``. Results of other settings (another model or its new weights, k, sampling...)
+    are never mixed in, and never deleted without ``overwrite=true``."""
     results, key_file = run_dir / "results.jsonl", run_dir / "eval_key.json"
     old = json.loads(key_file.read_text()).get("key") if key_file.is_file() else None
-    rows = read_results(results) if enabled and old == key else []
+    previous = read_results(results)
+    if previous and old != key and not overwrite:
+        raise ValueError(f"{run_dir} holds the results of another evaluation (model or its weights, task, k, "
+                         "seed, sampling, prompt or engine differ); choose another experiment_name/run_name, "
+                         "or overwrite=true to replace them")
+    current = {it.id: item_hash(it) for it in items}
+    rows = [r for r in previous if current.get(r["id"]) == r.get("qhash")] if enabled and old == key else []
     results.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     key_file.write_text(json.dumps({"key": key}))
+    for stale in ("summary.json", "eval_summary.png"):  # they describe the old rows until this run ends
+        (run_dir / stale).unlink(missing_ok=True)
     return rows
 
 
@@ -182,11 +223,11 @@ def evaluate(cfg: DictConfig) -> dict:
                               on_error=cfg.task.on_error)
     if not items:
         raise ValueError(f"task {task!r}: no questions in {cfg.task.path} (loader report: {report})")
-    key = config_hash({"model": cfg.model, "task": config["task"], "k": k, "seed": cfg.seed,
-                       "system_prompt": cfg.system_prompt, "sampling": config["sampling"],
-                       "chat_template_kwargs": config["chat_template_kwargs"], "engine": config["engine"],
-                       "ids": [it.id for it in items]})
-    rows = _resume(run_dir, key, bool(cfg.resume))
+    task_key = {k_: v for k_, v in config["task"].items() if k_ != "limit"}  # more questions: keep the done ones
+    key = config_hash({"model": cfg.model, "weights": model_fingerprint(cfg.model), "task": task_key, "k": k,
+                       "seed": cfg.seed, "system_prompt": cfg.system_prompt, "sampling": config["sampling"],
+                       "chat_template_kwargs": config["chat_template_kwargs"], "engine": config["engine"]})
+    rows = _resume(run_dir, key, items, bool(cfg.resume), bool(cfg.get("overwrite", False)))
     done = {r["id"] for r in rows}
     todo = [it for it in items if it.id not in done]
     log.info("evaluating %s on %s: %d questions x k=%d, T=%.1f, top_p=%.1f, max_tokens=%d (%d already done)",

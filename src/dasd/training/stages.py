@@ -114,7 +114,7 @@ def resolve_init(cfg: DictConfig) -> tuple[str, dict]:
 
 
 def _fresh_start(run_dir: Path) -> None:
-    for name in ("checkpoints", "metrics.jsonl", "loss_curve.png", "manifest.json", "wandb", "csv"):
+    for name in ("checkpoints", "metrics.jsonl", "loss_curve.png", "manifest.json", "wandb", "csv", "eval"):
         p = run_dir / name
         if p.is_dir():
             shutil.rmtree(p)
