@@ -1,0 +1,148 @@
+"""The CPU-scale reasoning world (dasd.world): problems, strategies, weak style, splits, records."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter, defaultdict
+
+import pytest
+
+from dasd.data.records import read_records
+from dasd.eval.grading import grade
+from dasd.eval.tasks import load_task
+from dasd.world.generator import (
+    DEFAULT_WEIGHTS,
+    FAMILIES,
+    STRATEGIES,
+    check_solution,
+    generate_problem,
+    is_heldout,
+    make_records,
+    record_problem,
+    solve,
+    step_lines,
+    write_jsonl,
+)
+
+
+def _problems(n: int, seed: int = 0, difficulties=range(1, 7)):
+    rng = random.Random(seed)
+    return [generate_problem(rng, rng.choice(FAMILIES), rng.choice(list(difficulties))) for _ in range(n)]
+
+
+def test_every_teacher_strategy_is_correct_and_checkable():
+    for p in _problems(300):
+        texts = set()
+        for s in STRATEGIES[p.family]:
+            response = solve(p, s)
+            assert check_solution(p, response), (p, s, response)
+            assert grade("exact", response, str(p.answer))
+            assert response.startswith("<think>\n") and response.endswith(f"\\boxed{{{p.answer}}}")
+            texts.add(response)
+        assert len(texts) == len(STRATEGIES[p.family])  # the strategies differ in text, agree on the answer
+
+
+def test_check_solution_rejects_wrong_steps_and_answers():
+    p = generate_problem(random.Random(1), "seqsum", 3)
+    good = solve(p, "running")
+    first = step_lines(good)[0]
+    lhs, rhs = first.rsplit("= ", 1)
+    assert not check_solution(p, good.replace(first, f"{lhs}= {int(rhs) + 1}", 1))
+    assert not check_solution(p, good.replace(f"\\boxed{{{p.answer}}}", f"\\boxed{{{p.answer + 1}}}"))
+    c = generate_problem(random.Random(2), "count", 2)
+    bad = solve(c, "list").replace(" is over ", " is under ")
+    assert not check_solution(c, bad)
+
+
+def test_strategy_frequencies_match_weights():
+    records = make_records(3000, seed=3, style="teacher")
+    counts = defaultdict(Counter)
+    for r in records:
+        m = json.loads(r["meta"])
+        counts[m["family"]][m["strategy"]] += 1
+    for family, weights in DEFAULT_WEIGHTS.items():
+        total = sum(counts[family].values())
+        for s, w in weights.items():
+            assert abs(counts[family][s] / total - w) < 0.03, (family, s, counts[family])
+    # configurable
+    custom = make_records(600, seed=3, families=["chain"], strategy_weights={"chain": {"rewrite": 1.0}})
+    assert {json.loads(r["meta"])["strategy"] for r in custom} == {"rewrite"}
+
+
+def test_difficulty_increases_step_lines():
+    means = []
+    for d in (1, 3, 5):
+        records = make_records(300, seed=4, difficulty=d)
+        means.append(sum(r["output"].count("\n") for r in records) / len(records))
+    assert means[0] < means[1] < means[2], means
+    for family in FAMILIES:
+        easy = [generate_problem(random.Random(i), family, 1) for i in range(20)]
+        hard = [generate_problem(random.Random(i), family, 5) for i in range(20)]
+        for s in STRATEGIES[family]:
+            lo = sum(solve(p, s).count("\n") for p in easy)
+            hi = sum(solve(p, s).count("\n") for p in hard)
+            assert hi >= lo, (family, s)
+
+
+def test_weak_style_is_terse_and_mostly_wrong():
+    records = make_records(3000, seed=5, style="weak")
+    by_d = defaultdict(list)
+    for r in records:
+        m = json.loads(r["meta"])
+        assert m["strategy"] == "weak" and "=" not in r["output"]
+        by_d[m["difficulty"]].append(grade("exact", r["output"], m["answer"]))
+    acc = {d: sum(v) / len(v) for d, v in by_d.items()}
+    overall = sum(sum(v) for v in by_d.values()) / len(records)
+    # measured (seed 5): d1 ~0.85, d2 ~0.25, d3 ~0.10, d4-5 0.0, overall ~0.24
+    assert overall <= 0.40 and acc[1] >= 0.75 and acc[4] == acc[5] == 0.0, acc
+    # deterministic given the rng, and the same without one
+    p = generate_problem(random.Random(0), "chain", 3)
+    assert solve(p, style="weak", rng=random.Random(7)) == solve(p, style="weak", rng=random.Random(7))
+    assert solve(p, style="weak") == solve(p, style="weak")
+    assert len(solve(p, style="weak")) < len(solve(p, "single"))
+
+
+def test_splits_disjoint_deterministic_and_seeded():
+    train = make_records(1500, seed=0, split="train")
+    held = make_records(300, seed=0, split="heldout")
+    assert make_records(1500, seed=0, split="train") == train
+    assert make_records(300, seed=0, split="heldout") == held
+    q_train = {r["input"] for r in train}
+    q_held = [r["input"] for r in held]
+    assert not q_train & set(q_held)
+    assert len(set(q_held)) == len(q_held)  # held-out problems are distinct
+    for r in held:
+        assert is_heldout(record_problem(r))
+    other = make_records(300, seed=1, split="heldout")
+    assert {r["input"] for r in other} != set(q_held)
+    assert len({r["uuid"] for r in train}) == len(train)
+
+
+def test_records_load(tmp_path):
+    held = make_records(200, seed=0, split="heldout")
+    weak = make_records(50, seed=0, style="weak")
+    write_jsonl(held, tmp_path / "heldout.jsonl")
+    write_jsonl(weak, tmp_path / "weak.jsonl")
+    records, report = read_records(tmp_path / "heldout.jsonl")
+    assert report.kept == 200 and not report.skipped
+    assert all(isinstance(getattr(r, f), str) for r in records for f in ("uuid", "input", "output", "domain", "meta"))
+    read_records(tmp_path / "weak.jsonl")
+    items, _ = load_task("records", tmp_path / "heldout.jsonl")
+    assert len(items) == 200 and all(i.grader == "exact" for i in items)
+    by_input = {r["input"]: r for r in held}
+    for item in items:
+        r = by_input[item.question]
+        assert grade(item.grader, r["output"], item.reference)
+        assert check_solution(record_problem(r), r["output"])
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        generate_problem(random.Random(0), "nope", 1)
+    with pytest.raises(ValueError):
+        generate_problem(random.Random(0), "chain", 0)
+    with pytest.raises(ValueError):
+        solve(generate_problem(random.Random(0), "chain", 1), "running")
+    with pytest.raises(ValueError):
+        make_records(5, seed=0, strategy_weights={"chain": {"bogus": 1.0}})
