@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +147,68 @@ def test_bad_arguments():
         solve(generate_problem(random.Random(0), "chain", 1), "running")
     with pytest.raises(ValueError):
         make_records(5, seed=0, strategy_weights={"chain": {"bogus": 1.0}})
+
+
+def test_facts_are_true_one_step_equations_of_the_worlds_solutions():
+    from dasd.eval.grading import exact_answer
+    from dasd.world.generator import _eval, fact_records
+
+    records = fact_records(300, seed=3, difficulty=(1, 2))
+    assert len(records) == 300 and len({r["uuid"] for r in records}) == 300
+    for r in records:
+        (line,) = step_lines(r["output"])
+        lhs, rhs = line.split("=")
+        assert _eval(lhs) == int(rhs) == int(exact_answer(r["output"])) == int(json.loads(r["meta"])["answer"])
+        assert r["input"].startswith(f"What is {lhs.strip()}?")
+    assert fact_records(20, seed=3, difficulty=(1, 2)) == records[:20]
+
+
+def test_weak_correct_sets_the_weak_styles_accuracy():
+    from dasd.eval.grading import exact_answer
+
+    def right(weak_correct):
+        recs = make_records(1500, seed=4, difficulty=(1, 2), style="weak", weak_correct=weak_correct)
+        return {d: sum(exact_answer(r["output"]) == json.loads(r["meta"])["answer"] for r in recs
+                       if json.loads(r["meta"])["difficulty"] == d) /
+                sum(json.loads(r["meta"])["difficulty"] == d for r in recs) for d in (1, 2)}
+
+    default, low = right(None), right({1: 0.3})
+    assert default[1] > 0.75 and 0.2 < low[1] < 0.4 and low[2] == 0.0
+
+
+def test_teacher_and_student_tokenizers_differ_on_numbers(tmp_path):
+    from transformers import AutoTokenizer
+
+    from dasd.world.models import init_model, train_tokenizer
+
+    texts = [r[f] for r in make_records(400, seed=0, difficulty=(1, 2)) for f in ("input", "output")]
+    teacher = train_tokenizer(texts, 384, split_digits=True)
+    student = train_tokenizer(texts, 640, split_digits=False)
+    line = "38 + 22 = 60"
+    t_pieces = teacher.convert_ids_to_tokens(teacher(line)["input_ids"])
+    s_pieces = student.convert_ids_to_tokens(student(line)["input_ids"])
+    assert all(len(p.lstrip("Ġ")) <= 1 for p in t_pieces)  # every digit its own token
+    assert t_pieces != s_pieces and len(s_pieces) < len(t_pieces)
+    for tok in (teacher, student):  # lossless, think tags single tokens, ChatML template
+        assert tok.decode(tok(texts[1])["input_ids"]) == texts[1]
+        assert len(tok("<think>")["input_ids"]) == 1
+        chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+        assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    model = init_model(student, {"hidden_size": 64, "num_hidden_layers": 2}, seed=0)
+    model.save_pretrained(tmp_path)
+    student.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path).get_vocab() == student.get_vocab()
+    assert model.get_input_embeddings().num_embeddings == len(student)
+
+
+def test_world_key_covers_every_setting_but_the_cache_root():
+    from omegaconf import OmegaConf
+
+    from dasd.world.build import world_dir, world_key
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "world" / "default.yaml")
+    key = world_key(cfg)
+    assert world_key(OmegaConf.merge(cfg, {"root": "/elsewhere"})) == key
+    assert world_key(OmegaConf.merge(cfg, {"teacher": {"epochs": 1}})) != key
+    assert world_key(OmegaConf.merge(cfg, {"seed": 1})) != key
+    assert world_dir(OmegaConf.merge(cfg, {"root": "/w"}), "/out") == Path("/w") / key

@@ -224,10 +224,11 @@ def _problem_rng(problem: Problem) -> random.Random:
 
 
 def solve(problem: Problem, strategy: str | None = None, style: str = "teacher",
-          rng: random.Random | None = None) -> str:
+          rng: random.Random | None = None, weak_correct: Mapping[int, float] | None = None) -> str:
     """The response to ``problem``: teacher style (correct, step by step in ``strategy``) or weak style (one
     terse line; right with probability ``WEAK_CORRECT[difficulty]``, else off by one). ``rng`` decides the
-    weak style's slip; without it the slip is a deterministic function of the problem."""
+    weak style's slip; without it the slip is a deterministic function of the problem. ``weak_correct``
+    replaces ``WEAK_CORRECT`` (probability of a right weak answer by difficulty; absent: 0)."""
     if style == "teacher":
         if strategy not in STRATEGIES[problem.family]:
             raise ValueError(f"unknown strategy {strategy!r} for {problem.family}: "
@@ -236,7 +237,8 @@ def solve(problem: Problem, strategy: str | None = None, style: str = "teacher",
     if style == "weak":
         rng = rng if rng is not None else _problem_rng(problem)
         guess = problem.answer
-        if rng.random() >= WEAK_CORRECT.get(problem.difficulty, 0.0):
+        p_right = (WEAK_CORRECT if weak_correct is None else weak_correct).get(problem.difficulty, 0.0)
+        if rng.random() >= p_right:
             guess += rng.choice((-1, 1)) if problem.answer > 0 else 1
         return _response([_weak_line(problem, guess)], guess)
     raise ValueError(f"unknown style {style!r}; expected one of {STYLES}")
@@ -332,14 +334,16 @@ def make_records(n: int, *, seed: int, families: Sequence[str] | None = None,
                  difficulty: int | Sequence[int] | range = (1, 5),
                  strategy_weights: Mapping[str, Mapping[str, float]] | None = None, style: str = "teacher",
                  split: str = "train", unique: bool | None = None,
-                 heldout_fraction: float = HELDOUT_FRACTION, max_tries: int = 200) -> list[dict]:
+                 heldout_fraction: float = HELDOUT_FRACTION, max_tries: int = 200,
+                 weak_correct: Mapping[int, float] | None = None) -> list[dict]:
     """``n`` records in the released format (all fields strings; ``meta`` a JSON string with ``answer``,
     ``grader="exact"``, ``family``, ``difficulty``, ``strategy``, ``style``, ``split``).
 
     Families are drawn uniformly, difficulties uniformly from ``difficulty`` (an int, an inclusive
     ``(lo, hi)`` or a list), strategies from ``strategy_weights`` (weak style: strategy ``"weak"``).
     Only problems of ``split`` are kept (a problem is held out when its parameter hash falls in the
-    held-out bucket). ``unique`` (default: True for held-out) keeps each question once.
+    held-out bucket). ``unique`` (default: True for held-out) keeps each question once. ``weak_correct``:
+    the weak style's probability of a right answer by difficulty (default ``WEAK_CORRECT``).
     """
     families = list(families or FAMILIES)
     for f in families:
@@ -371,7 +375,7 @@ def make_records(n: int, *, seed: int, families: Sequence[str] | None = None,
             output = solve(p, strategy)
         else:
             strategy = "weak"
-            output = solve(p, style="weak", rng=rng)
+            output = solve(p, style="weak", rng=rng, weak_correct=weak_correct)
         meta = {"source": "dasd-world", "answer": str(p.answer), "grader": "exact", "family": family,
                 "difficulty": d, "strategy": strategy, "style": style, "split": split, "problem_uuid": p.uuid,
                 "params": p.params}
@@ -379,6 +383,38 @@ def make_records(n: int, *, seed: int, families: Sequence[str] | None = None,
             "uuid": str(uuidlib.uuid5(UUID_NAMESPACE, f"{seed}:{split}:{style}:{i}:{p.uuid}")),
             "input": f"{p.question} {INSTRUCTION}",
             "output": output,
+            "domain": "math",
+            "meta": json.dumps(meta),
+        })
+    return records
+
+
+def fact_records(n: int, *, seed: int, difficulty: int | Sequence[int] | range = (1, 5),
+                 families: Sequence[str] | None = None) -> list[dict]:
+    """``n`` one-step arithmetic records ("What is 38 + 22?" answered by the line ``38 + 22 = 60``): the
+    equations the teacher's solutions use at ``difficulty``, asked alone. A student pre-trained on them knows
+    its arithmetic facts but not how to chain them, like a base model that distillation teaches to reason."""
+    rng = random.Random(f"dasd-world-facts:{seed}")
+    weights = resolve_weights(None)
+    fams, diffs = list(families or FAMILIES), _difficulties(difficulty)
+    records = []
+    while len(records) < n:
+        family = rng.choice(fams)
+        p = generate_problem(rng, family, rng.choice(diffs))
+        strategy = rng.choice(list(weights[family]))
+        lines = [ln for ln in _STEPS[family](p, strategy) if "=" in ln and not ln.startswith("=")]
+        if not lines:  # chain's rewrite strategy: every equation line continues the previous one
+            continue
+        lhs, rhs = (side.strip() for side in rng.choice(lines).split("=", 1))
+        if not rhs.lstrip("-").isdigit():
+            continue
+        question = f"What is {lhs}?"
+        meta = {"source": "dasd-world", "answer": rhs, "grader": "exact", "family": "fact", "difficulty": 1,
+                "strategy": "fact", "style": "fact", "split": "train"}
+        records.append({
+            "uuid": str(uuidlib.uuid5(UUID_NAMESPACE, f"fact:{seed}:{len(records)}:{lhs}")),
+            "input": f"{question} {INSTRUCTION}",
+            "output": _response([f"{lhs} = {rhs}"], int(rhs)),
             "domain": "math",
             "meta": json.dumps(meta),
         })

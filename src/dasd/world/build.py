@@ -1,0 +1,172 @@
+"""Build (once) and cache the reasoning world: its data, two teachers and a student, all trained by dasd.
+
+``ensure_world(world_cfg, output_dir)`` returns the world's directory ``<output_dir>/world/<key>``, where
+``key`` hashes the settings (``conf/world/default.yaml``) and ``WORLD_VERSION``; the first call builds it
+(``python build_world.py`` does the same from the command line), later calls return at once. Layout::
+
+    data/teacher_train.jsonl    teacher-style solutions (the strategy mixture): the teacher's SFT data
+    data/student_pretrain.jsonl the weak terse style: the student's pre-training data
+    data/questions.jsonl        training questions the teacher pools are sampled on (reference solutions kept)
+    data/heldout.jsonl          held-out questions (never a training question): the evaluation set
+    teacher_a/                  the teacher (HF model dir: model, tokenizer, chat template)
+    teacher_b/                  a weaker second teacher: teacher_a's run after ``teacher.weaker_epoch`` epochs
+    student/                    the student: smaller, another tokenizer, pre-trained on the weak style
+    build/                      the training and evaluation runs (manifests, loss curves, per-question results)
+    world.json                  settings, key, held-out accuracies (avg@k), timings, versions
+
+Every model is trained by ``train.py`` (dasd's own SFT: packing, the chat template, the Lightning Trainer)
+and measured by ``evaluate.py`` (avg@k at T=1.0, the paper's protocol), each as a child process.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from dasd.utils.logging import get_logger
+from dasd.utils.run import config_hash, git_revision, versions
+from dasd.world.generator import fact_records, make_records, write_jsonl
+from dasd.world.models import init_model, train_tokenizer
+
+log = get_logger(__name__)
+ROOT = Path(__file__).resolve().parents[3]  # the repository: train.py and evaluate.py live here
+WORLD_VERSION = 1  # bump when the build's meaning changes (generator, recipe): a new key, a new world
+
+
+def world_settings(world_cfg: DictConfig | dict) -> dict:
+    """The plain settings that define the world (``dir``-like keys excluded)."""
+    plain = OmegaConf.to_container(world_cfg, resolve=True) if isinstance(world_cfg, DictConfig) else dict(world_cfg)
+    return {k: v for k, v in plain.items() if k not in ("root",)}
+
+
+def world_key(world_cfg: DictConfig | dict) -> str:
+    return config_hash({"version": WORLD_VERSION, **world_settings(world_cfg)})
+
+
+def world_dir(world_cfg: DictConfig | dict, output_dir: str | Path) -> Path:
+    root = world_cfg.get("root") if hasattr(world_cfg, "get") else None
+    return Path(root or Path(output_dir) / "world") / world_key(world_cfg)
+
+
+def ensure_world(world_cfg: DictConfig | dict, output_dir: str | Path) -> Path:
+    """The world's directory, built first if it is not complete (a file lock keeps concurrent jobs from
+    building it twice)."""
+    from filelock import FileLock
+
+    wdir = world_dir(world_cfg, output_dir)
+    if (wdir / "world.json").exists():
+        return wdir
+    wdir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(wdir) + ".lock"):
+        if not (wdir / "world.json").exists():
+            build_world(world_cfg, wdir)
+    return wdir
+
+
+def _run(cmd: list[str], what: str) -> float:
+    log.info("world: %s\n$ %s", what, " ".join(cmd))
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    return time.perf_counter() - t0
+
+
+def _train(wdir: Path, name: str, init_dir: Path, data: Path, spec: dict, system_prompt) -> tuple[Path, float]:
+    """SFT with train.py; returns the run dir and the seconds it took."""
+    runs = wdir / "build"
+    cmd = [sys.executable, "train.py", f"student.name_or_path={init_dir}", f"data.path={data}",
+           "data.format=released", f"data.cutoff_len={spec['cutoff_len']}", "data.cache=false",
+           f"train.micro_batch_size={spec['micro_batch_size']}",
+           f"data.system_prompt={'null' if system_prompt is None else system_prompt}",
+           "filters=none", "sampler=all", "logger=csv", "eval=none", "resume=never",
+           "trainer.enable_progress_bar=false", f"seed={spec['train_seed']}", f"train.epochs={spec['epochs']}",
+           f"optim.lr={spec['lr']}", f"optim.min_lr={spec['min_lr']}", "train.keep_hf_checkpoints=null",
+           f"paths.output_dir={runs}", "experiment_name=world", f"run_name={name}"]
+    seconds = _run(cmd, f"training {name} ({data.name}, {spec['epochs']} epochs)")
+    return runs / "world" / name, seconds
+
+
+def _evaluate(wdir: Path, name: str, model: Path, ev: dict, system_prompt) -> tuple[dict, float]:
+    run_dir = wdir / "build" / "world" / f"eval_{name}"
+    cmd = [sys.executable, "evaluate.py", f"model={model}", "task=sample", f"task.path={wdir / 'data' / 'heldout.jsonl'}",
+           f"task.limit={'null' if ev.get('limit') is None else ev['limit']}", f"k={ev['k']}",
+           f"task.max_tokens={ev['max_tokens']}", f"batch_size={ev.get('batch_size', 32)}",
+           f"system_prompt={'null' if system_prompt is None else system_prompt}", "logger=none",
+           f"hydra.run.dir={run_dir}"]
+    seconds = _run(cmd, f"evaluating {name} on the held-out questions")
+    return json.loads((run_dir / "summary.json").read_text()), seconds
+
+
+def _copy_model(src: Path, dst: Path) -> None:
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+
+
+def build_world(world_cfg: DictConfig | dict, wdir: Path) -> dict:
+    """Write the data, train the teacher and the student, measure them, write ``world.json``."""
+    s = world_settings(world_cfg)
+    t_start = time.perf_counter()
+    wdir.mkdir(parents=True, exist_ok=True)
+    data = wdir / "data"
+    seed, diff = int(s["seed"]), tuple(s["difficulty"])
+    d = s["data"]
+    weak_correct = {int(k): float(v) for k, v in s["weak_correct"].items()}
+    facts = fact_records(d["n_facts"], seed=seed, difficulty=diff)
+    files = {
+        "teacher_train.jsonl": make_records(d["n_teacher_train"], seed=seed, difficulty=diff, style="teacher")
+        + facts,
+        "student_pretrain.jsonl": make_records(d["n_student_pretrain"], seed=seed + 1, difficulty=diff,
+                                               style="weak", weak_correct=weak_correct) + facts,
+        "questions.jsonl": make_records(d["n_questions"], seed=seed + 2, difficulty=diff, style="teacher",
+                                        unique=True),
+        "heldout.jsonl": make_records(d["n_heldout"], seed=seed, difficulty=diff, style="teacher",
+                                      split="heldout"),
+    }
+    for name, records in files.items():
+        write_jsonl(records, data / name)
+    log.info("world: data in %s (%s)", data, ", ".join(f"{n}: {len(r)}" for n, r in files.items()))
+
+    texts = [r[f] for recs in files.values() for r in recs for f in ("input", "output")]
+    seconds: dict[str, float] = {}
+    system_prompt = s.get("system_prompt")
+    built = {}
+    for role, train_file in (("teacher", "teacher_train.jsonl"), ("student", "student_pretrain.jsonl")):
+        spec = s[role]
+        tokenizer = train_tokenizer(texts, int(spec["vocab_size"]), split_digits=bool(spec["split_digits"]))
+        model = init_model(tokenizer, dict(spec["architecture"]), seed=int(spec["seed"]))
+        init_dir = wdir / "build" / f"{role}_init"
+        tokenizer.save_pretrained(init_dir)
+        model.save_pretrained(init_dir)
+        n_params = sum(p.numel() for p in model.parameters())
+        log.info("world: %s initialised: %d tokens, %s parameters", role, len(tokenizer), f"{n_params:,}")
+        run_dir, seconds[f"train_{role}"] = _train(wdir, role, init_dir, data / train_file, spec, system_prompt)
+        built[role] = {"parameters": n_params, "vocab_size": len(tokenizer), "run": str(run_dir)}
+        hf = run_dir / "checkpoints" / "hf"
+        if role == "teacher":
+            _copy_model(hf / "final", wdir / "teacher_a")
+            _copy_model(hf / f"epoch_{int(spec['weaker_epoch']) - 1}", wdir / "teacher_b")
+        else:
+            _copy_model(hf / "final", wdir / "student")
+
+    accuracy, evals = {}, {}
+    for name in ("teacher_a", "teacher_b", "student"):
+        summary, seconds[f"eval_{name}"] = _evaluate(wdir, name, wdir / name, s["eval"], system_prompt)
+        accuracy[name] = summary["avg@k"]
+        evals[name] = {k: summary[k] for k in ("avg@k", "ci95", "n_questions", "k", "truncation_rate",
+                                               "mean_response_tokens") if k in summary}
+    seconds["total"] = time.perf_counter() - t_start
+    info = {"key": wdir.name, "version": WORLD_VERSION, "settings": s, "accuracy": accuracy, "eval": evals,
+            "models": built, "records": {n: len(r) for n, r in files.items()},
+            "seconds": {k: round(v, 1) for k, v in seconds.items()}, "versions": versions(),
+            "git": git_revision(ROOT), "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (wdir / "world.json").write_text(json.dumps(info, indent=2))  # written last: the "complete" marker
+    log.info("world %s built in %.0f s: held-out avg@%s teacher_a %.1f%%, teacher_b %.1f%%, student %.1f%%",
+             wdir.name, seconds["total"], s["eval"]["k"], accuracy["teacher_a"], accuracy["teacher_b"],
+             accuracy["student"])
+    return info
