@@ -20,6 +20,7 @@ CONF = REPO / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
 GENERATE_ONLY = ("teacher", "engine")  # groups of conf/generate.yaml; every other group belongs to train.yaml
 EVALUATE_ONLY = ("task",)  # groups of conf/evaluate.yaml only
+ABLATE_ONLY = ("world",)  # groups of conf/ablate.yaml and conf/build_world.yaml only
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
 
 
@@ -50,6 +51,11 @@ def test_every_option_composes_and_resolves(group, option, tmp_path):
     if group in EVALUATE_ONLY:
         plain = OmegaConf.to_container(compose_cfg([f"{group}={option}"], tmp_path, name="evaluate"), resolve=True)
         assert plain["task"]["max_tokens"] == plain["sampling"]["max_tokens"] and plain["k"] >= 1
+        return
+    if group in ABLATE_ONLY:
+        for name in ("ablate", "build_world"):
+            plain = OmegaConf.to_container(compose_cfg([f"{group}={option}"], tmp_path, name=name), resolve=True)
+            assert plain["world"]["teacher"]["architecture"] and plain["world"]["data"]["n_heldout"] >= 1
         return
     cfg = compose_cfg([f"{group}={option}"], tmp_path, hydra_cfg=(group == "hydra"))
     if group == "hydra":

@@ -1,0 +1,487 @@
+"""``run_row(cfg)``: one row of the paper's ablation tables (method.md §10, Tables 1, 3, 5, 7) at toy scale
+in the reasoning world (``python ablate.py experiment=world/<row> seed=<s>``; docs/ablations.md).
+
+A row is a chain of steps. Each step trains one stage in this process with ``dasd.training.train.train``
+(stage 1 from the untrained student, stage 2 and ``mixed`` from the previous step's final weights) on a
+teacher pool, then evaluates its final checkpoint with ``dasd.eval.run.evaluate`` (avg@k on the world's
+held-out questions). The configs of those calls are composed from ``conf/train.yaml``,
+``conf/generate.yaml`` and ``conf/evaluate.yaml``, so a stage here is the stage ``python train.py`` runs.
+
+Two content-addressed caches under ``ablate_dir`` make a table cost what its distinct steps cost:
+
+* ``pools/<hash>/``: K teacher candidates per question with their logprobs (``generate``), keyed by the
+  world, teacher, temperature, questions, K, token budget and pool seed; every seed and row shares them.
+* ``steps/seed<s>/<hash>/``: a trained and evaluated step, keyed by its parent step's hash, its settings,
+  its pool, the budget it uses, ``train_overrides``, the world and the seed. T3a = T1a, and T5b and T5c
+  start from T3b's stage 1: those steps train once. A step is done when its manifest says completed and
+  its evaluation (with the current evaluation settings) exists; a half-done step runs again (train's own
+  resume continues it).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from filelock import FileLock
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from dasd.utils.logging import get_logger
+from dasd.utils.run import Manifest, config_hash, git_revision, versions
+
+log = get_logger(__name__)
+
+STAGES = ("1", "2", "mixed")
+TEACHERS = ("a", "b")
+SAMPLERS = ("random", "divergence")
+STEP_KEYS = {"stage", "teacher", "temperature", "sampler", "questions", "mask_student_prefix"}
+EVAL_KEYS = ("avg@k", "ci95", "truncation_rate", "unfinished_rate", "mean_response_tokens", "n_questions",
+             "k")
+CACHE_VERSION = 1  # bump when a change of this module changes what a cached step or pool holds
+# train.py keys the runner sets itself: a train_override of one of these would be silently replaced
+OWNED_KEYS = ("stage", "sampler", "seed", "paths", "student.name_or_path", "data.path", "data.format",
+              "data.teacher_tokenizer", "data.system_prompt", "train.epochs", "experiment_name", "run_name",
+              "eval", "logger", "mixed.question_runs", "mixed.n_questions", "mixed.extra_offpolicy",
+              "mixed.mask_student_prefix", "mixed.teacher.model")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a row (see conf/ablate.yaml ``steps``); ``questions`` in multiples of budget.questions."""
+
+    stage: str
+    teacher: str
+    temperature: float | None = None
+    sampler: str | None = None
+    questions: float | None = None
+    mask_student_prefix: bool | None = None
+
+    def settings(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def describe(self) -> str:
+        if self.stage == "mixed":
+            mask = str(self.mask_student_prefix).lower()
+            return f"mixed (mask_student_prefix={mask}, teacher {self.teacher})"
+        return (f"stage{self.stage} ({self.sampler}, T={self.temperature!r}, teacher {self.teacher}, "
+                f"{self.questions:g}x questions)")
+
+
+def _positive(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and x > 0
+
+
+def parse_steps(raw: list) -> list[Step]:
+    """Validate a row's ``steps`` (ValueError naming the step and field) and fill the defaults."""
+    steps: list[Step] = []
+    for i, s in enumerate(raw, 1):
+        where = f"steps[{i}]"
+        if not isinstance(s, dict):
+            raise ValueError(f"{where}: expected a mapping like {{stage: 1, teacher: a, ...}}, got {s!r}")
+        if unknown := set(s) - STEP_KEYS:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)}; expected some of {sorted(STEP_KEYS)}")
+        stage = str(s.get("stage"))
+        if stage not in STAGES:
+            raise ValueError(f"{where}.stage: expected one of {STAGES}, got {s.get('stage')!r}")
+        if (i == 1) != (stage == "1"):
+            raise ValueError(f"{where}.stage={stage}: a row starts with one stage-1 step (from the student); "
+                             "later steps are stage 2 or mixed (from the previous step's weights)")
+        teacher = str(s.get("teacher", steps[-1].teacher if steps else "a"))
+        if teacher not in TEACHERS:
+            raise ValueError(f"{where}.teacher: expected one of {TEACHERS}, got {teacher!r}")
+        if stage == "mixed":
+            if extra := {"temperature", "sampler", "questions"} & set(s):
+                raise ValueError(f"{where}: a mixed step takes its questions from the earlier steps; "
+                                 f"drop {sorted(extra)} (budget.mixed sets the counts)")
+            mask = s.get("mask_student_prefix", False)
+            if not isinstance(mask, bool):
+                raise ValueError(f"{where}.mask_student_prefix: expected true or false, got {mask!r}")
+            steps.append(Step("mixed", teacher, mask_student_prefix=mask))
+            continue
+        if "mask_student_prefix" in s:
+            raise ValueError(f"{where}.mask_student_prefix: only for stage: mixed")
+        temperature, sampler = s.get("temperature"), s.get("sampler", "random")
+        questions = s.get("questions", 1)
+        if not _positive(temperature):
+            raise ValueError(f"{where}.temperature: expected a number > 0 (0.6, 1.0), got {temperature!r}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"{where}.sampler: expected one of {SAMPLERS}, got {sampler!r}")
+        if not _positive(questions):
+            raise ValueError(f"{where}.questions: expected a multiple of budget.questions > 0, "
+                             f"got {questions!r}")
+        steps.append(Step(stage, teacher, float(temperature), sampler, float(questions)))
+    return steps
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """A ``train_overrides`` entry may not set a key the runner sets for each step (it would be replaced)."""
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if any(key == k or key.startswith(k + ".") for k in OWNED_KEYS):
+            raise ValueError(f"train_overrides: {o!r} sets {key}, which the ablation runner sets for every "
+                             "step (use the row's steps or the budget instead)")
+
+
+WORLD_LAYOUT = ("world.json", "data/questions.jsonl", "data/heldout.jsonl", "teacher_a", "teacher_b",
+                "student")
+
+
+def resolve_world(cfg: DictConfig) -> Path:
+    """The world directory: ``world_dir`` when set (a world built elsewhere), else the ``world`` config's,
+    built and cached by ``dasd.world.build.ensure_world`` on first use."""
+    if cfg.get("world_dir"):
+        world = Path(str(cfg.world_dir)).expanduser().resolve()
+    else:
+        from dasd.world.build import ensure_world
+
+        world = Path(ensure_world(cfg.world, Path(cfg.paths.output_dir)))
+    if missing := [p for p in WORLD_LAYOUT if not (world / p).exists()]:
+        raise ValueError(f"world {world}: missing {missing} (docs/ablations.md lists a world's layout)")
+    return world
+
+
+def count_lines(path: Path) -> int:
+    with path.open("rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+@contextmanager
+def _hydra():
+    """Hydra's config loader: the running app's (``python ablate.py``), else conf/ of this checkout."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from dasd.config import register_resolvers
+
+    register_resolvers()
+    if GlobalHydra.instance().is_initialized():
+        yield
+        return
+    conf = Path(__file__).resolve().parents[3] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        yield
+
+
+def compose(name: str, choices: list[str], values: dict) -> DictConfig:
+    """``conf/<name>.yaml`` composed with ``choices`` (Hydra overrides: groups, the user's extra overrides),
+    then ``values`` (dotted key -> value) set directly, so paths and prompts need no override quoting."""
+    from hydra import compose as hydra_compose
+
+    with _hydra():
+        out = hydra_compose(config_name=name, overrides=choices)
+    with open_dict(out):
+        for key, value in values.items():
+            OmegaConf.update(out, key, value, merge=False)
+    return out
+
+
+class Ablation:
+    """The state of one row's run: the world, the caches, the settings every step shares."""
+
+    def __init__(self, cfg: DictConfig, world: Path) -> None:
+        self.cfg, self.world = cfg, world
+        self.info = json.loads((world / "world.json").read_text())
+        self.world_key = str(self.info.get("key"))
+        self.seed = int(cfg.seed)
+        self.budget = OmegaConf.to_container(cfg.budget, resolve=True)
+        self.root = Path(str(cfg.ablate_dir))
+        self.n_train = count_lines(world / "data" / "questions.jsonl")
+        # the world's system prompt, as its models were trained with it: world.json's (a world_dir may have
+        # been built with other settings than cfg.world), else the world config's
+        settings = self.info.get("settings") or {}
+        self.system_prompt = settings["system_prompt"] if "system_prompt" in settings else \
+            (cfg.world.get("system_prompt") if "world" in cfg else None)
+        self.train_overrides = [str(o) for o in cfg.train_overrides]
+        # what every model/pool/evaluation call shares: the output tree and the logger
+        paths = OmegaConf.to_container(cfg.paths, resolve=True)
+        self.common = {"experiment_name": str(cfg.experiment_name),
+                       **{f"paths.{k}": v for k, v in paths.items() if k != "run_dir"},
+                       "logger": OmegaConf.to_container(cfg.logger, resolve=True)}
+
+    def n_questions(self, multiple: float) -> int:
+        n = max(1, round(multiple * int(self.budget["questions"])))
+        if n > self.n_train:
+            raise ValueError(f"a step needs {n} training questions ({multiple:g} x budget.questions="
+                             f"{self.budget['questions']}), but the world has {self.n_train} "
+                             f"({self.world / 'data' / 'questions.jsonl'}): lower budget.questions or grow "
+                             "the world (world.data.n_questions)")
+        return n
+
+    # --- teacher pools -------------------------------------------------------------------------------------
+    def pool(self, teacher: str, temperature: float, n: int) -> tuple[str, Path]:
+        """(the pool's key, its shard file): K candidates per question for the first ``n`` training
+        questions, sampled now or found complete in ``pools/<key>/``."""
+        b = self.budget
+        spec = {"v": CACHE_VERSION, "world": self.world_key, "teacher": teacher, "temperature": temperature,
+                "questions": n, "samples_per_question": b["samples_per_question"], "seed": b["pool_seed"],
+                "max_tokens": b["teacher_max_tokens"], "system_prompt": self.system_prompt,
+                "overrides": [str(o) for o in self.cfg.generate_overrides]}
+        key = config_hash(spec)
+        folder = self.root / "pools" / key
+        folder.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(folder) + ".lock"):
+            done = folder / "pool.json"
+            if done.is_file() and Path(json.loads(done.read_text())["output"]).is_file():
+                return key, Path(json.loads(done.read_text())["output"])
+            from dasd.generation.run import generate
+
+            t0 = time.perf_counter()
+            choices = ["teacher=tiny", f"logger={self.cfg.logger.name}",
+                       *[str(o) for o in self.cfg.generate_overrides]]
+            gcfg = compose("generate", choices, {
+                **self.common, "paths.run_dir": str(folder), "run_name": f"pool_{teacher}_T{temperature:g}",
+                "teacher.name": f"teacher_{teacher}", "teacher.format": "plain",
+                "teacher.name_or_path": str(self.world / f"teacher_{teacher}"),
+                "teacher.system_prompt": self.system_prompt,
+                "questions": str(self.world / "data" / "questions.jsonl"), "max_questions": n,
+                "samples_per_question": b["samples_per_question"], "temperature": temperature,
+                "seed": b["pool_seed"], "sampling.max_tokens": b["teacher_max_tokens"],
+                "progress": bool(self.cfg.progress)})
+            out = generate(gcfg)
+            seconds = time.perf_counter() - t0
+            summary = {k: v for k, v in out.items() if k != "output"}
+            done.write_text(json.dumps({**spec, "output": out["output"], "seconds": round(seconds, 1),
+                                        "summary": summary}, indent=2))
+            log.info("teacher %s pool at T=%g: %d questions x %d samples in %.0f s -> %s", teacher,
+                     temperature, n, b["samples_per_question"], seconds, folder)
+            return key, Path(out["output"])
+
+    # --- steps ---------------------------------------------------------------------------------------------
+    def step_budget(self, step: Step | None) -> dict:
+        """The budget knobs a step's training uses (its pool's knobs are in the pool's key)."""
+        b = self.budget
+        if step is None:  # the untrained student
+            return {}
+        if step.stage == "mixed":
+            return {"questions": b["questions"], "mixed": b["mixed"],
+                    "teacher_max_tokens": b["teacher_max_tokens"]}
+        return {"epochs": b["epochs"]}
+
+    def step_key(self, step: Step | None, parent: str | None, pool: str | None) -> str:
+        """The step's identity: what it trains (parent, settings, pool, the budget it uses, overrides) and
+        where. Evaluation settings are not in it: a step evaluated with another k is evaluated again, not
+        retrained."""
+        return config_hash({"v": CACHE_VERSION, "parent": parent, "step": step.settings() if step else None,
+                            "pool": pool, "budget": self.step_budget(step),
+                            "train_overrides": self.train_overrides if step else [], "world": self.world_key,
+                            "system_prompt": self.system_prompt, "seed": self.seed})
+
+    def step_dir(self, key: str) -> Path:
+        return self.root / "steps" / f"seed{self.seed}" / key
+
+    def train_step(self, step: Step, folder: Path, parent_dir: Path | None, pool: Path | None,
+                   question_runs: list[Path]) -> dict:
+        """Train one step in ``folder`` (``train`` returns at once when it completed before)."""
+        from dasd.training.train import train
+
+        b, teacher_dir = self.budget, str(self.world / f"teacher_{step.teacher}")
+        init = str(parent_dir / "checkpoints" / "hf" / "final") if parent_dir else "student"
+        values = {**self.common, "paths.run_dir": str(folder), "run_name": folder.name, "seed": self.seed,
+                  "student.name_or_path": str(self.world / "student"), "stage.init_from": init,
+                  "data.format": "generated", "data.teacher_tokenizer": teacher_dir,
+                  "data.system_prompt": self.system_prompt,
+                  "trainer.enable_progress_bar": bool(self.cfg.progress),
+                  "tags": ["ablate", *[str(t) for t in self.cfg.tags]]}
+        m = b["mixed"]
+        if step.stage == "mixed":
+            values.update({"data.path": str(folder / "mixed" / "train.jsonl"),  # written by the stage's round
+                           "train.epochs": int(m["epochs"]),
+                           "mixed.question_runs": [str(p) for p in question_runs],
+                           "mixed.n_questions": max(1, round(m["questions"] * b["questions"])),
+                           "mixed.extra_offpolicy": round(m["extra_offpolicy"] * b["questions"]),
+                           "mixed.mask_student_prefix": bool(step.mask_student_prefix),
+                           "mixed.teacher.model": teacher_dir, "mixed.teacher.format": "plain",
+                           "mixed.teacher.system_prompt": self.system_prompt,
+                           "mixed.teacher.max_tokens": int(b["teacher_max_tokens"])})
+        else:
+            values.update({"data.path": str(pool), "stage.temperature": step.temperature,
+                           "train.epochs": int(b["epochs"])})
+        stage = {"1": "'1'", "2": "'2'", "mixed": "mixed"}[step.stage]  # quoted: a group option, not an int
+        choices = [f"stage={stage}", f"sampler={step.sampler or 'random'}", f"logger={self.cfg.logger.name}",
+                   "eval=none", *self.train_overrides]
+        return train(compose("train", choices, values))
+
+    def evaluate(self, model: Path, folder: Path, fresh: bool) -> tuple[dict, bool]:
+        """avg@k of ``model`` on the held-out questions into ``folder``; reused when an evaluation with the
+        same settings exists and the model was not (re)trained now (``fresh``). Returns (summary, reused)."""
+        e = self.budget["eval"]
+        signature = {"model": str(model), "k": e["k"], "max_tokens": e["max_tokens"], "limit": e["limit"],
+                     "seed": self.seed, "system_prompt": self.system_prompt,
+                     "task": str(self.world / "data" / "heldout.jsonl"),
+                     "overrides": [str(o) for o in self.cfg.eval_overrides]}
+        sig_file, summary_file = folder / "ablate_eval.json", folder / "summary.json"
+        if not fresh and summary_file.is_file() and sig_file.is_file() and \
+                json.loads(sig_file.read_text()) == signature:
+            return json.loads(summary_file.read_text()), True
+        from dasd.eval.run import evaluate
+
+        choices = ["task=world", f"logger={self.cfg.logger.name}", *[str(o) for o in self.cfg.eval_overrides]]
+        ecfg = compose("evaluate", choices, {
+            **self.common, "paths.run_dir": str(folder), "run_name": f"{folder.parent.name}/eval",
+            "model": str(model), "task.path": signature["task"], "task.limit": e["limit"], "k": e["k"],
+            "task.max_tokens": e["max_tokens"], "system_prompt": self.system_prompt, "seed": self.seed,
+            "overwrite": True})  # the folder is this step's: an evaluation with other settings is replaced
+        sig_file.unlink(missing_ok=True)
+        summary = evaluate(ecfg)
+        sig_file.write_text(json.dumps(signature, indent=2))
+        return summary, False
+
+
+def eval_fields(summary: dict) -> dict:
+    return {k: summary.get(k) for k in EVAL_KEYS}
+
+
+def data_fields(folder: Path) -> dict:
+    """What a step trained on: candidates read, filter drops, selected and packed samples; for a mixed step
+    the round's counts."""
+    report_file, out = folder / "data_report.json", {}
+    if report_file.is_file():
+        rep = json.loads(report_file.read_text())
+        filters, sel, pack = rep.get("filters") or {}, rep.get("selection") or {}, rep.get("packing") or {}
+        drops = {name: f["dropped"] for name, f in (filters.get("filters") or {}).items() if f["dropped"]}
+        out = {"candidates": (rep.get("read") or {}).get("read"), "filtered_out": filters.get("dropped"),
+               "filter_drops": drops, "questions": sel.get("questions"), "selected": sel.get("selected"),
+               "packed": pack.get("samples_packed"), "dropped_overlong": pack.get("dropped_overlong")}
+    mixed = Manifest(folder / "manifest.json").data.get("mixed")
+    if mixed:
+        comp = mixed.get("composition") or {}
+        out["mixed"] = {k: mixed.get(k) for k in ("questions", "truncated", "truncation_rate", "continued",
+                                                   "kept")}
+        out["mixed"].update(mixed_policy=comp.get("mixed_policy"), off_policy=comp.get("off_policy"))
+    return out
+
+
+def _record_step(folder: Path, fields: dict, row_id: str) -> dict:
+    """Create or update ``step.json`` (settings, parent, the rows that used the step)."""
+    path = folder / "step.json"
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    info.update(fields)
+    info["rows"] = sorted(set(info.get("rows", [])) | {row_id})
+    path.write_text(json.dumps(info, indent=2))
+    return info
+
+
+def run_step(ab: Ablation, step: Step, index: int, parent_key: str | None, parent_dir: Path | None,
+             question_runs: list[Path]) -> tuple[str, Path, dict]:
+    """Train (or reuse) and evaluate one step; returns (its key, its folder, its entry of row_result.json)."""
+    row = ab.cfg.row
+    pool_key, pool = None, None
+    if step.stage != "mixed":
+        pool_key, pool = ab.pool(step.teacher, step.temperature, ab.n_questions(step.questions))
+    key = ab.step_key(step, parent_key, pool_key)
+    folder = ab.step_dir(key)
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        reused = Manifest(folder / "manifest.json").status == "completed"
+        info = _record_step(folder, {
+            "key": key, "settings": step.settings(), "parent": parent_key,
+            "parent_dir": str(parent_dir) if parent_dir else None, "pool": str(pool) if pool else None,
+            "question_runs": [str(p) for p in question_runs] or None, "seed": ab.seed, "world": ab.world_key,
+            "train_overrides": ab.train_overrides, "budget": ab.step_budget(step)}, str(row.id))
+        if not reused:
+            t0 = time.perf_counter()
+            ab.train_step(step, folder, parent_dir, pool, question_runs)
+            info = _record_step(folder, {"train_seconds": round(time.perf_counter() - t0, 1)}, str(row.id))
+        summary, eval_reused = ab.evaluate(folder / "checkpoints" / "hf" / "final", folder / "eval",
+                                           fresh=not reused)
+    entry = {"stage": step.stage, "settings": step.settings(), "key": key, "dir": str(folder),
+             "reused": reused, "eval_reused": eval_reused, "train_seconds": info.get("train_seconds"),
+             "eval": eval_fields(summary), "data": data_fields(folder)}
+    seconds = info.get("train_seconds")
+    trained = f"reused (trained in {seconds} s)" if reused else f"trained in {seconds:.0f} s"
+    log.info("row %s seed %d: step %d/%d %s: %s, avg@%d %.1f%%", row.id, ab.seed, index, len(ab.cfg.steps),
+             step.describe(), trained, summary["k"], summary["avg@k"])
+    return key, folder, entry
+
+
+def evaluate_base(ab: Ablation) -> dict:
+    """The untrained student's evaluation (``eval_base: true``, T7a), cached like a step."""
+    key = ab.step_key(None, None, None)
+    folder = ab.step_dir(key)
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        _record_step(folder, {"key": key, "settings": {"stage": "base"}, "model": str(ab.world / "student"),
+                              "seed": ab.seed, "world": ab.world_key}, str(ab.cfg.row.id))
+        summary, reused = ab.evaluate(ab.world / "student", folder / "eval", fresh=False)
+    log.info("row %s seed %d: base student: avg@%d %.1f%%%s", ab.cfg.row.id, ab.seed, summary["k"],
+             summary["avg@k"], " (reused)" if reused else "")
+    return {"stage": "base", "settings": {"stage": "base"}, "key": key, "dir": str(folder), "reused": reused,
+            "eval": eval_fields(summary)}
+
+
+def run_row(cfg: DictConfig) -> dict:
+    """Run the row of ``cfg`` (conf/ablate.yaml): every step in order, each trained (or reused) and
+    evaluated. Writes ``row_result.json`` and ``manifest.json`` into ``paths.run_dir``; returns the result."""
+    t0 = time.perf_counter()
+    steps = parse_steps(OmegaConf.to_container(cfg.steps, resolve=True))  # bad rows stop before any work
+    if not steps and not cfg.eval_base:
+        raise ValueError("the row has no steps and eval_base is false: choose a row (experiment=world/t1a "
+                         "... world/t7d, experiments/world/) or give steps")
+    check_overrides([str(o) for o in cfg.train_overrides])
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(run_dir / "manifest.json")
+    config = OmegaConf.to_container(cfg, resolve=True)
+    manifest.update(status="running", kind="ablate", row=config["row"], seed=int(cfg.seed), config=config,
+                    versions=versions(), git=git_revision(Path(__file__).parent))
+    try:
+        ab = Ablation(cfg, resolve_world(cfg))
+        log.info("row %s (table %s: %s) seed %d: %d steps in world %s (%s)", cfg.row.id, cfg.row.table,
+                 cfg.row.label, ab.seed, len(steps), ab.world_key, ab.world)
+        base = evaluate_base(ab) if cfg.eval_base else None
+        entries, key, folder, runs = [], None, None, []
+        for i, step in enumerate(steps, 1):
+            sources = list(runs) if step.stage == "mixed" else []
+            key, folder, entry = run_step(ab, step, i, key, folder, sources)
+            entries.append(entry)
+            if step.stage != "mixed":
+                runs.append(folder)  # a later mixed step draws its questions from these runs' selected data
+    except BaseException:
+        manifest.update(status="failed")
+        raise
+    final = entries[-1]["eval"] if entries else base["eval"]
+    result = {"table": cfg.row.table, "id": cfg.row.id, "label": cfg.row.label,
+              "paper": config["row"]["paper"], "seed": ab.seed,
+              "world": {"key": ab.world_key, "dir": str(ab.world), "accuracy": ab.info.get("accuracy")},
+              "base": base, "steps": entries, "final": final, "seconds": round(time.perf_counter() - t0, 1),
+              "config": config, "versions": versions(), "git": git_revision(Path(__file__).parent)}
+    (run_dir / "row_result.json").write_text(json.dumps(result, indent=2, default=str))
+    manifest.update(status="completed", world=str(ab.world), final=final,
+                    outputs={"row_result": str(run_dir / "row_result.json")},
+                    finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    _log_wandb(cfg, run_dir, result)
+    log.info("row %s seed %d: avg@%s %.1f%% (paper: %s) in %.0f s -> %s", cfg.row.id, ab.seed, final["k"],
+             final["avg@k"], dict(config["row"]["paper"]) or "-", result["seconds"],
+             run_dir / "row_result.json")
+    return result
+
+
+def _log_wandb(cfg: DictConfig, run_dir: Path, result: dict) -> None:
+    """``logger=wandb``: a run per row (job type ``ablate_row``) with each step's avg@k and a steps table."""
+    from dasd.training.loggers import resolve_wandb_mode
+
+    mode = resolve_wandb_mode(cfg.logger.get("mode", "auto")) if cfg.logger.name == "wandb" else "disabled"
+    if mode == "disabled":
+        return
+    import wandb
+
+    rows = ([(0, result["base"])] if result["base"] else []) + list(enumerate(result["steps"], 1))  # base: 0
+    config = {"row": result["config"]["row"], "seed": result["seed"], "budget": result["config"]["budget"],
+              "steps": result["config"]["steps"]}
+    run = wandb.init(project=cfg.logger.get("project", "dasd"), entity=cfg.logger.get("entity"), mode=mode,
+                     dir=str(run_dir), group=str(cfg.experiment_name), job_type="ablate_row",
+                     name=str(cfg.run_name), tags=["ablate", f"table{result['table']}", str(result["id"])],
+                     config=config)
+    final = result["final"]
+    scalars = {"final/avg@k": final["avg@k"], "final/truncation_rate": final["truncation_rate"]}
+    scalars.update({f"step{i}/avg@k": r["eval"]["avg@k"] for i, r in rows})
+    columns = ["step", "stage", "settings", "reused", "train_seconds", "avg@k", "ci95_low", "ci95_high"]
+    data = [[i, r["stage"], json.dumps(r["settings"]), r["reused"], r.get("train_seconds"),
+             r["eval"]["avg@k"], *r["eval"]["ci95"]] for i, r in rows]
+    table = wandb.Table(columns=columns, data=data)
+    run.summary.update(scalars)
+    run.log({**scalars, "ablate/steps": table})
+    run.finish()
