@@ -1,5 +1,5 @@
 """The ablation report: `python report.py runs=<sweep dir>` or `runs=[<dir>,<dir>]` turns the row_result.json
-files of an ablation sweep into the paper's tables at toy scale (docs/ablation_report.md)."""
+files of an ablation sweep into the paper's tables at toy scale (docs/ablations.md)."""
 
 import hydra
 from omegaconf import DictConfig

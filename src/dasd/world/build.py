@@ -49,6 +49,19 @@ def world_key(world_cfg: DictConfig | dict) -> str:
     return config_hash({"version": WORLD_VERSION, **world_settings(world_cfg)})
 
 
+def model_key(settings: dict, role: str) -> str:
+    """The hash of what a model's training depends on: its data draws and its own settings (so changing the
+    student leaves the teacher's cached run alone)."""
+    d = settings["data"]
+    data = ({"n_teacher_train": d["n_teacher_train"], "n_teacher_facts": d["n_teacher_facts"]} if role == "teacher"
+            else {"n_student_pretrain": d["n_student_pretrain"], "n_student_facts": d["n_student_facts"],
+                  "weak_correct": settings["weak_correct"]})
+    spec = {k: v for k, v in settings[role].items() if k != "weaker_epoch"}
+    return config_hash({"version": WORLD_VERSION, "role": role, "seed": settings["seed"],
+                        "difficulty": settings["difficulty"], "system_prompt": settings.get("system_prompt"),
+                        "data": data, "spec": spec})
+
+
 def world_dir(world_cfg: DictConfig | dict, output_dir: str | Path) -> Path:
     root = world_cfg.get("root") if hasattr(world_cfg, "get") else None
     return Path(root or Path(output_dir) / "world") / world_key(world_cfg)
@@ -76,9 +89,9 @@ def _run(cmd: list[str], what: str) -> float:
     return time.perf_counter() - t0
 
 
-def _train(wdir: Path, name: str, init_dir: Path, data: Path, spec: dict, system_prompt) -> tuple[Path, float]:
+def _train(out: Path, name: str, init_dir: Path, data: Path, spec: dict, system_prompt) -> tuple[Path, float]:
     """SFT with train.py; returns the run dir and the seconds it took."""
-    runs = wdir / "build"
+    runs = out
     cmd = [sys.executable, "train.py", f"student.name_or_path={init_dir}", f"data.path={data}",
            "data.format=released", f"data.cutoff_len={spec['cutoff_len']}", "data.cache=false",
            f"train.micro_batch_size={spec['micro_batch_size']}",
@@ -102,6 +115,14 @@ def _evaluate(wdir: Path, name: str, model: Path, ev: dict, system_prompt) -> tu
     return json.loads((run_dir / "summary.json").read_text()), seconds
 
 
+def _model_info(path: Path) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path)
+    return {"parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(AutoTokenizer.from_pretrained(path)),
+            "hidden_size": model.config.hidden_size, "num_hidden_layers": model.config.num_hidden_layers}
+
+
 def _copy_model(src: Path, dst: Path) -> None:
     if dst.exists():
         shutil.rmtree(dst)
@@ -117,12 +138,12 @@ def build_world(world_cfg: DictConfig | dict, wdir: Path) -> dict:
     seed, diff = int(s["seed"]), tuple(s["difficulty"])
     d = s["data"]
     weak_correct = {int(k): float(v) for k, v in s["weak_correct"].items()}
-    facts = fact_records(d["n_facts"], seed=seed, difficulty=diff)
     files = {
         "teacher_train.jsonl": make_records(d["n_teacher_train"], seed=seed, difficulty=diff, style="teacher")
-        + facts,
+        + fact_records(d["n_teacher_facts"], seed=seed, difficulty=diff),
         "student_pretrain.jsonl": make_records(d["n_student_pretrain"], seed=seed + 1, difficulty=diff,
-                                               style="weak", weak_correct=weak_correct) + facts,
+                                               style="weak", weak_correct=weak_correct)
+        + fact_records(d["n_student_facts"], seed=seed + 1, difficulty=diff),
         "questions.jsonl": make_records(d["n_questions"], seed=seed + 2, difficulty=diff, style="teacher",
                                         unique=True),
         "heldout.jsonl": make_records(d["n_heldout"], seed=seed, difficulty=diff, style="teacher",
@@ -132,27 +153,35 @@ def build_world(world_cfg: DictConfig | dict, wdir: Path) -> dict:
         write_jsonl(records, data / name)
     log.info("world: data in %s (%s)", data, ", ".join(f"{n}: {len(r)}" for n, r in files.items()))
 
-    texts = [r[f] for recs in files.values() for r in recs for f in ("input", "output")]
     seconds: dict[str, float] = {}
     system_prompt = s.get("system_prompt")
     built = {}
     for role, train_file in (("teacher", "teacher_train.jsonl"), ("student", "student_pretrain.jsonl")):
-        spec = s[role]
-        tokenizer = train_tokenizer(texts, int(spec["vocab_size"]), split_digits=bool(spec["split_digits"]))
-        model = init_model(tokenizer, dict(spec["architecture"]), seed=int(spec["seed"]))
-        init_dir = wdir / "build" / f"{role}_init"
-        tokenizer.save_pretrained(init_dir)
-        model.save_pretrained(init_dir)
-        n_params = sum(p.numel() for p in model.parameters())
-        log.info("world: %s initialised: %d tokens, %s parameters", role, len(tokenizer), f"{n_params:,}")
-        run_dir, seconds[f"train_{role}"] = _train(wdir, role, init_dir, data / train_file, spec, system_prompt)
-        built[role] = {"parameters": n_params, "vocab_size": len(tokenizer), "run": str(run_dir)}
+        spec, mkey = s[role], model_key(s, role)
+        mdir = wdir.parent / "models" / f"{role}-{mkey}"  # shared by every world with the same model inputs
+        run_dir = mdir / "world" / role
+        if not (mdir / "done.json").exists():  # each tokenizer learns its merges from its own model's data
+            texts = [r[f] for r in files[train_file] for f in ("input", "output")]
+            tokenizer = train_tokenizer(texts, int(spec["vocab_size"]), split_digits=bool(spec["split_digits"]))
+            model = init_model(tokenizer, dict(spec["architecture"]), seed=int(spec["seed"]))
+            init_dir = mdir / "init"
+            tokenizer.save_pretrained(init_dir)
+            model.save_pretrained(init_dir)
+            log.info("world: %s initialised: %d tokens, %s parameters", role, len(tokenizer),
+                     f"{sum(p.numel() for p in model.parameters()):,}")
+            run_dir, secs = _train(mdir, role, init_dir, data / train_file, spec, system_prompt)
+            (mdir / "done.json").write_text(json.dumps({"seconds": round(secs, 1), "key": mkey}))
+        else:
+            log.info("world: %s reused from %s", role, mdir)
+        done = json.loads((mdir / "done.json").read_text())
+        seconds[f"train_{role}"] = done["seconds"]
         hf = run_dir / "checkpoints" / "hf"
         if role == "teacher":
             _copy_model(hf / "final", wdir / "teacher_a")
             _copy_model(hf / f"epoch_{int(spec['weaker_epoch']) - 1}", wdir / "teacher_b")
         else:
             _copy_model(hf / "final", wdir / "student")
+        built[role] = {"run": str(run_dir), "model_key": mkey, **_model_info(hf / "final")}
 
     accuracy, evals = {}, {}
     for name in ("teacher_a", "teacher_b", "student"):

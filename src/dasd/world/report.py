@@ -1,5 +1,5 @@
 """The ablation report: the ``row_result.json`` files of an ablation sweep (``python ablate.py -m ...``) as the
-paper's tables at toy scale (``python report.py runs=<dir>``; docs/ablation_report.md).
+paper's tables at toy scale (``python report.py runs=<dir>``; docs/ablations.md).
 
 One ``row_result.json`` is one (row, seed) of a paper table (method.md §10): ``table``, ``id``, ``label``,
 ``paper`` (metric -> the paper's avg@64, %), ``seed``, ``world`` (``key``, ``accuracy``), ``steps`` (each
