@@ -281,3 +281,35 @@ def test_world_is_built_through_ensure_world_unless_given(world, search, monkeyp
     cfg.world_dir = str(tmp_path)
     with pytest.raises(ValueError, match="missing"):
         resolve_world(cfg)
+
+
+# method.md §10, transcribed row by row: (stage, teacher, temperature, sampler, questions) per step, a mixed step
+# as ("mixed", mask_student_prefix). a = gpt-oss-120b, b = Qwen3-Next-80B-A3B-Thinking; 50K = 1, 100K = 2,
+# 25K = 0.5; T7's 105K / 330K = 2 (the world's question bank; docs/ablations.md).
+EXPECTED = {
+    "T1a": [("1", "a", 0.6, "random", 1)], "T1b": [("1", "a", 1.0, "random", 1)],
+    "T1c": [("1", "a", 1.0, "random", 2)],
+    "T1d": [("1", "a", 0.6, "random", 1), ("2", "a", 1.0, "random", 1)],
+    "T1e": [("1", "b", 0.6, "random", 0.5)], "T1f": [("1", "b", 1.0, "random", 0.5)],
+    "T1g": [("1", "b", 0.6, "random", 0.5), ("2", "b", 1.0, "random", 0.5)],
+    "T3a": [("1", "a", 0.6, "random", 1)], "T3b": [("1", "a", 0.6, "divergence", 1)],
+    "T3c": [("1", "a", 1.0, "random", 1)], "T3d": [("1", "a", 1.0, "random", 2)],
+    "T3e": [("1", "a", 1.0, "divergence", 1)], "T3f": [("1", "b", 0.6, "random", 0.5)],
+    "T3g": [("1", "b", 0.6, "divergence", 0.5)],
+    "T5a": [("1", "a", 0.6, "divergence", 1)],
+    "T5b": [("1", "a", 0.6, "divergence", 1), ("mixed", True)],
+    "T5c": [("1", "a", 0.6, "divergence", 1), ("mixed", False)],
+    "T7a": [],
+    "T7b": [("1", "a", 0.6, "divergence", 2)],
+    "T7c": [("1", "a", 0.6, "divergence", 2), ("2", "a", 1.0, "divergence", 2)],
+    "T7d": [("1", "a", 0.6, "divergence", 2), ("2", "a", 1.0, "divergence", 2), ("mixed", False)],
+}
+
+
+def test_every_row_is_the_papers_row(search):
+    """Each row file's chain is the paper's row: stage, teacher, temperature, RS/DAS, data size, mask."""
+    assert sorted(EXPECTED) == sorted(f"T{t}{c}" for t, cs in ROWS.items() for c in cs)
+    for row_id, expected in EXPECTED.items():
+        got = [("mixed", s.mask_student_prefix) if s.stage == "mixed" else
+               (s.stage, s.teacher, s.temperature, s.sampler, s.questions) for s in _steps(row_id, search)]
+        assert got == expected, row_id

@@ -201,14 +201,60 @@ def test_teacher_and_student_tokenizers_differ_on_numbers(tmp_path):
     assert model.get_input_embeddings().num_embeddings == len(student)
 
 
-def test_world_key_covers_every_setting_but_the_cache_root():
+def test_world_key_covers_every_setting_but_the_cache_root_and_the_measurement():
     from omegaconf import OmegaConf
 
-    from dasd.world.build import world_dir, world_key
+    from dasd.world.build import model_key, world_dir, world_key, world_settings
 
     cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "world" / "default.yaml")
     key = world_key(cfg)
     assert world_key(OmegaConf.merge(cfg, {"root": "/elsewhere"})) == key
     assert world_key(OmegaConf.merge(cfg, {"teacher": {"epochs": 1}})) != key
     assert world_key(OmegaConf.merge(cfg, {"seed": 1})) != key
+    assert world_key(OmegaConf.merge(cfg, {"eval": {"k": 16}})) == key  # re-measured, not rebuilt
+    assert world_key(OmegaConf.merge(cfg, {"data": {"n_heldout": 60}})) != key
     assert world_dir(OmegaConf.merge(cfg, {"root": "/w"}), "/out") == Path("/w") / key
+    assert world_dir(OmegaConf.merge(cfg, {"root": "rel"}), "/out").is_absolute()
+
+    # trained models are cached by what their own training depends on
+    def keys(change):
+        s = world_settings(OmegaConf.merge(cfg, change))
+        return model_key(s, "teacher"), model_key(s, "student")
+
+    teacher, student = keys({})
+    assert keys({"student": {"epochs": 9}}) == (teacher, keys({"student": {"epochs": 9}})[1])
+    assert keys({"student": {"epochs": 9}})[1] != student
+    assert keys({"data": {"n_student_facts": 5}})[0] == teacher
+    assert keys({"weak_correct": {1: 0.9}})[0] == teacher
+    assert keys({"teacher": {"weaker_epoch": 3}}) == (teacher, student)  # teacher_b: another checkpoint
+    assert keys({"eval": {"k": 16}, "data": {"n_heldout": 60, "n_questions": 100}}) == (teacher, student)
+    assert keys({"teacher": {"lr": 1e-3}}) == (keys({"teacher": {"lr": 1e-3}})[0], student)
+    assert keys({"teacher": {"lr": 1e-3}})[0] != teacher
+    t2, s2 = keys({"system_prompt": "Be brief."})
+    assert t2 != teacher and s2 != student
+    t3, s3 = keys({"seed": 5})
+    assert t3 != teacher and s3 != student
+
+
+def test_build_refuses_a_weaker_epoch_outside_the_run(tmp_path):
+    from omegaconf import OmegaConf
+
+    from dasd.world.build import build_world
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "world" / "default.yaml")
+    for bad in (0, 8, 9):
+        with pytest.raises(ValueError, match="weaker_epoch"):
+            build_world(OmegaConf.merge(cfg, {"teacher": {"weaker_epoch": bad}}), tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+
+
+def test_hydra_quoting_of_child_overrides():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from dasd.world.build import _q
+
+    parser = OverridesParser.create()
+    for value in ("You are Qwen, created by Alibaba Cloud.", "it's ${x} a\\b", "/a b/c"):
+        (ov,) = parser.parse_overrides([f"data.system_prompt={_q(value)}"])
+        assert ov.value() == value
+    assert _q(None) == "null"

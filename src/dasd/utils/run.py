@@ -46,6 +46,16 @@ def git_revision(root: str | Path) -> str | None:
         return None
 
 
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as JSON all at once (a temporary file, then a rename): a reader never sees half a file."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
 def config_hash(cfg: dict) -> str:
     """Stable short hash of a (resolved, plain) config."""
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -30,7 +30,7 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dasd.utils.logging import get_logger
-from dasd.utils.run import Manifest, config_hash, git_revision, versions
+from dasd.utils.run import Manifest, config_hash, git_revision, versions, write_json
 
 log = get_logger(__name__)
 
@@ -40,12 +40,13 @@ SAMPLERS = ("random", "divergence")
 STEP_KEYS = {"stage", "teacher", "temperature", "sampler", "questions", "mask_student_prefix"}
 EVAL_KEYS = ("avg@k", "ci95", "truncation_rate", "unfinished_rate", "mean_response_tokens", "n_questions",
              "k")
-CACHE_VERSION = 1  # bump when a change of this module changes what a cached step or pool holds
+CACHE_VERSION = 2  # bump when a change of this module changes what a cached step or pool holds
 # train.py keys the runner sets itself: a train_override of one of these would be silently replaced
 OWNED_KEYS = ("stage", "sampler", "seed", "paths", "student.name_or_path", "data.path", "data.format",
               "data.teacher_tokenizer", "data.system_prompt", "train.epochs", "experiment_name", "run_name",
               "eval", "logger", "mixed.question_runs", "mixed.n_questions", "mixed.extra_offpolicy",
-              "mixed.mask_student_prefix", "mixed.teacher.model")
+              "mixed.mask_student_prefix", "mixed.teacher.model", "mixed.teacher.max_tokens",
+              "mixed.teacher.format", "mixed.teacher.system_prompt", "stage.init_from", "stage.temperature")
 
 
 @dataclass(frozen=True)
@@ -243,8 +244,7 @@ class Ablation:
             out = generate(gcfg)
             seconds = time.perf_counter() - t0
             summary = {k: v for k, v in out.items() if k != "output"}
-            done.write_text(json.dumps({**spec, "output": out["output"], "seconds": round(seconds, 1),
-                                        "summary": summary}, indent=2))
+            write_json(done, {**spec, "output": out["output"], "seconds": round(seconds, 1), "summary": summary})
             log.info("teacher %s pool at T=%g: %d questions x %d samples in %.0f s -> %s", teacher,
                      temperature, n, b["samples_per_question"], seconds, folder)
             return key, Path(out["output"])
@@ -260,23 +260,23 @@ class Ablation:
                     "teacher_max_tokens": b["teacher_max_tokens"]}
         return {"epochs": b["epochs"]}
 
-    def step_key(self, step: Step | None, parent: str | None, pool: str | None) -> str:
+    def step_key(self, step: Step | None, parent: str | None, pool: str | None, train_cfg: str | None = None,
+                 parent_weights=None) -> str:
         """The step's identity: what it trains (parent, settings, pool, the budget it uses, overrides) and
         where. Evaluation settings are not in it: a step evaluated with another k is evaluated again, not
         retrained."""
         return config_hash({"v": CACHE_VERSION, "parent": parent, "step": step.settings() if step else None,
                             "pool": pool, "budget": self.step_budget(step),
                             "train_overrides": self.train_overrides if step else [], "world": self.world_key,
-                            "system_prompt": self.system_prompt, "seed": self.seed})
+                            "system_prompt": self.system_prompt, "seed": self.seed, "train_config": train_cfg,
+                            "parent_weights": parent_weights})
 
     def step_dir(self, key: str) -> Path:
         return self.root / "steps" / f"seed{self.seed}" / key
 
-    def train_step(self, step: Step, folder: Path, parent_dir: Path | None, pool: Path | None,
-                   question_runs: list[Path]) -> dict:
-        """Train one step in ``folder`` (``train`` returns at once when it completed before)."""
-        from dasd.training.train import train
-
+    def train_config(self, step: Step, folder: Path, parent_dir: Path | None, pool: Path | None,
+                     question_runs: list[Path]) -> DictConfig:
+        """The composed train.py config of one step trained in ``folder``."""
         b, teacher_dir = self.budget, str(self.world / f"teacher_{step.teacher}")
         init = str(parent_dir / "checkpoints" / "hf" / "final") if parent_dir else "student"
         values = {**self.common, "paths.run_dir": str(folder), "run_name": folder.name, "seed": self.seed,
@@ -302,7 +302,26 @@ class Ablation:
         stage = {"1": "'1'", "2": "'2'", "mixed": "mixed"}[step.stage]  # quoted: a group option, not an int
         choices = [f"stage={stage}", f"sampler={step.sampler or 'random'}", f"logger={self.cfg.logger.name}",
                    "eval=none", *self.train_overrides]
-        return train(compose("train", choices, values))
+        return compose("train", choices, values)
+
+    def train_config_hash(self, step: Step, parent_dir: Path | None, pool: Path | None,
+                          question_runs: list[Path]) -> str:
+        """The hash of everything train.py would run with (every default of conf/train.yaml, the sampler's beta,
+        the filters, the mixed-policy settings...), the step's own folder left out: a changed default is a new
+        step, never a stale reuse. Logging-only keys are left out too."""
+        plain = OmegaConf.to_container(self.train_config(step, Path("/STEP"), parent_dir, pool, question_runs),
+                                       resolve=True)
+        for key in ("logger", "tags", "run_name"):
+            plain.pop(key, None)
+        plain.get("trainer", {}).pop("enable_progress_bar", None)
+        return config_hash(plain)
+
+    def train_step(self, step: Step, folder: Path, parent_dir: Path | None, pool: Path | None,
+                   question_runs: list[Path]) -> dict:
+        """Train one step in ``folder``."""
+        from dasd.training.train import train
+
+        return train(self.train_config(step, folder, parent_dir, pool, question_runs))
 
     def evaluate(self, model: Path, folder: Path, fresh: bool) -> tuple[dict, bool]:
         """avg@k of ``model`` on the held-out questions into ``folder``; reused when an evaluation with the
@@ -360,7 +379,7 @@ def _record_step(folder: Path, fields: dict, row_id: str) -> dict:
     info = json.loads(path.read_text()) if path.is_file() else {}
     info.update(fields)
     info["rows"] = sorted(set(info.get("rows", [])) | {row_id})
-    path.write_text(json.dumps(info, indent=2))
+    write_json(path, info)
     return info
 
 
@@ -371,7 +390,12 @@ def run_step(ab: Ablation, step: Step, index: int, parent_key: str | None, paren
     pool_key, pool = None, None
     if step.stage != "mixed":
         pool_key, pool = ab.pool(step.teacher, step.temperature, ab.n_questions(step.questions))
-    key = ab.step_key(step, parent_key, pool_key)
+    from dasd.eval.run import model_fingerprint
+
+    # a retrained parent (new weights at the same path) or any changed training setting is a new step
+    parent_weights = model_fingerprint(str(parent_dir / "checkpoints" / "hf" / "final")) if parent_dir else None
+    key = ab.step_key(step, parent_key, pool_key, ab.train_config_hash(step, parent_dir, pool, question_runs),
+                      parent_weights)
     folder = ab.step_dir(key)
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
@@ -448,7 +472,7 @@ def run_row(cfg: DictConfig) -> dict:
               "world": {"key": ab.world_key, "dir": str(ab.world), "accuracy": ab.info.get("accuracy")},
               "base": base, "steps": entries, "final": final, "seconds": round(time.perf_counter() - t0, 1),
               "config": config, "versions": versions(), "git": git_revision(Path(__file__).parent)}
-    (run_dir / "row_result.json").write_text(json.dumps(result, indent=2, default=str))
+    write_json(run_dir / "row_result.json", result)
     manifest.update(status="completed", world=str(ab.world), final=final,
                     outputs={"row_result": str(run_dir / "row_result.json")},
                     finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))

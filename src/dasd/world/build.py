@@ -27,10 +27,11 @@ import sys
 import time
 from pathlib import Path
 
+from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from dasd.utils.logging import get_logger
-from dasd.utils.run import config_hash, git_revision, versions
+from dasd.utils.run import config_hash, git_revision, versions, write_json
 from dasd.world.generator import fact_records, make_records, write_jsonl
 from dasd.world.models import init_model, train_tokenizer
 
@@ -46,7 +47,10 @@ def world_settings(world_cfg: DictConfig | dict) -> dict:
 
 
 def world_key(world_cfg: DictConfig | dict) -> str:
-    return config_hash({"version": WORLD_VERSION, **world_settings(world_cfg)})
+    """The hash of what the world's data and models depend on (the build's own measurement, ``eval``, is not:
+    other evaluation settings re-measure the same world)."""
+    return config_hash({"version": WORLD_VERSION, **{k: v for k, v in world_settings(world_cfg).items()
+                                                     if k != "eval"}})
 
 
 def model_key(settings: dict, role: str) -> str:
@@ -64,22 +68,40 @@ def model_key(settings: dict, role: str) -> str:
 
 def world_dir(world_cfg: DictConfig | dict, output_dir: str | Path) -> Path:
     root = world_cfg.get("root") if hasattr(world_cfg, "get") else None
-    return Path(root or Path(output_dir) / "world") / world_key(world_cfg)
+    # absolute: the training and evaluation children run in the repository, not in the caller's directory
+    return Path(root or Path(output_dir) / "world").expanduser().resolve() / world_key(world_cfg)
 
 
 def ensure_world(world_cfg: DictConfig | dict, output_dir: str | Path) -> Path:
     """The world's directory, built first if it is not complete (a file lock keeps concurrent jobs from
     building it twice)."""
-    from filelock import FileLock
-
     wdir = world_dir(world_cfg, output_dir)
-    if (wdir / "world.json").exists():
+    settings = world_settings(world_cfg)
+
+    def current() -> bool:
+        if not (wdir / "world.json").exists():
+            return False
+        return json.loads((wdir / "world.json").read_text())["settings"].get("eval") == settings["eval"]
+
+    if current():
         return wdir
     wdir.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(wdir) + ".lock"):
-        if not (wdir / "world.json").exists():
+        if (wdir / "world.json").exists() and not current():  # built; measured with other settings
+            info = json.loads((wdir / "world.json").read_text())
+            info["settings"] = settings
+            info.update(measure(wdir, settings, info["seconds"]))
+            write_json(wdir / "world.json", info)
+        elif not current():
             build_world(world_cfg, wdir)
     return wdir
+
+
+def _q(value) -> str:
+    """A value as a quoted Hydra override value (prompts with commas or spaces, paths), or null."""
+    if value is None:
+        return "null"
+    return "'" + str(value).replace("'", "\\'") + "'"
 
 
 def _run(cmd: list[str], what: str) -> float:
@@ -92,25 +114,25 @@ def _run(cmd: list[str], what: str) -> float:
 def _train(out: Path, name: str, init_dir: Path, data: Path, spec: dict, system_prompt) -> tuple[Path, float]:
     """SFT with train.py; returns the run dir and the seconds it took."""
     runs = out
-    cmd = [sys.executable, "train.py", f"student.name_or_path={init_dir}", f"data.path={data}",
+    cmd = [sys.executable, "train.py", f"student.name_or_path={_q(init_dir)}", f"data.path={_q(data)}",
            "data.format=released", f"data.cutoff_len={spec['cutoff_len']}", "data.cache=false",
            f"train.micro_batch_size={spec['micro_batch_size']}",
-           f"data.system_prompt={'null' if system_prompt is None else system_prompt}",
+           f"data.system_prompt={_q(system_prompt)}",
            "filters=none", "sampler=all", "logger=csv", "eval=none", "resume=never",
            "trainer.enable_progress_bar=false", f"seed={spec['train_seed']}", f"train.epochs={spec['epochs']}",
            f"optim.lr={spec['lr']}", f"optim.min_lr={spec['min_lr']}", "train.keep_hf_checkpoints=null",
-           f"paths.output_dir={runs}", "experiment_name=world", f"run_name={name}"]
+           f"paths.output_dir={_q(runs)}", "experiment_name=world", f"run_name={name}"]
     seconds = _run(cmd, f"training {name} ({data.name}, {spec['epochs']} epochs)")
     return runs / "world" / name, seconds
 
 
 def _evaluate(wdir: Path, name: str, model: Path, ev: dict, system_prompt) -> tuple[dict, float]:
     run_dir = wdir / "build" / "world" / f"eval_{name}"
-    cmd = [sys.executable, "evaluate.py", f"model={model}", "task=sample", f"task.path={wdir / 'data' / 'heldout.jsonl'}",
+    cmd = [sys.executable, "evaluate.py", f"model={_q(model)}", "task=world",
+           f"task.path={_q(wdir / 'data' / 'heldout.jsonl')}",
            f"task.limit={'null' if ev.get('limit') is None else ev['limit']}", f"k={ev['k']}",
            f"task.max_tokens={ev['max_tokens']}", f"batch_size={ev.get('batch_size', 32)}",
-           f"system_prompt={'null' if system_prompt is None else system_prompt}", "logger=none",
-           f"hydra.run.dir={run_dir}"]
+           f"system_prompt={_q(system_prompt)}", "logger=none", "overwrite=true", f"hydra.run.dir={_q(run_dir)}"]
     seconds = _run(cmd, f"evaluating {name} on the held-out questions")
     return json.loads((run_dir / "summary.json").read_text()), seconds
 
@@ -129,9 +151,24 @@ def _copy_model(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst)
 
 
+def measure(wdir: Path, s: dict, seconds: dict) -> dict:
+    """avg@k of the three models on the held-out questions (``evaluate.py``, settings ``s["eval"]``)."""
+    accuracy, evals = {}, {}
+    for name in ("teacher_a", "teacher_b", "student"):
+        summary, seconds[f"eval_{name}"] = _evaluate(wdir, name, wdir / name, s["eval"], s.get("system_prompt"))
+        accuracy[name] = summary["avg@k"]
+        evals[name] = {k: summary[k] for k in ("avg@k", "ci95", "n_questions", "k", "truncation_rate",
+                                               "mean_response_tokens") if k in summary}
+    return {"accuracy": accuracy, "eval": evals}
+
+
 def build_world(world_cfg: DictConfig | dict, wdir: Path) -> dict:
     """Write the data, train the teacher and the student, measure them, write ``world.json``."""
     s = world_settings(world_cfg)
+    weaker, epochs = int(s["teacher"]["weaker_epoch"]), int(s["teacher"]["epochs"])
+    if not 1 <= weaker < epochs:
+        raise ValueError(f"world.teacher.weaker_epoch={weaker}: teacher_b is the checkpoint after that many epochs, "
+                         f"so it must be in 1..{epochs - 1} (world.teacher.epochs={epochs})")
     t_start = time.perf_counter()
     wdir.mkdir(parents=True, exist_ok=True)
     data = wdir / "data"
@@ -160,19 +197,21 @@ def build_world(world_cfg: DictConfig | dict, wdir: Path) -> dict:
         spec, mkey = s[role], model_key(s, role)
         mdir = wdir.parent / "models" / f"{role}-{mkey}"  # shared by every world with the same model inputs
         run_dir = mdir / "world" / role
-        if not (mdir / "done.json").exists():  # each tokenizer learns its merges from its own model's data
-            texts = [r[f] for r in files[train_file] for f in ("input", "output")]
-            tokenizer = train_tokenizer(texts, int(spec["vocab_size"]), split_digits=bool(spec["split_digits"]))
-            model = init_model(tokenizer, dict(spec["architecture"]), seed=int(spec["seed"]))
-            init_dir = mdir / "init"
-            tokenizer.save_pretrained(init_dir)
-            model.save_pretrained(init_dir)
-            log.info("world: %s initialised: %d tokens, %s parameters", role, len(tokenizer),
-                     f"{sum(p.numel() for p in model.parameters()):,}")
-            run_dir, secs = _train(mdir, role, init_dir, data / train_file, spec, system_prompt)
-            (mdir / "done.json").write_text(json.dumps({"seconds": round(secs, 1), "key": mkey}))
-        else:
-            log.info("world: %s reused from %s", role, mdir)
+        mdir.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(mdir) + ".lock"):  # worlds that share a model train it once
+            if not (mdir / "done.json").exists():  # each tokenizer learns its merges from its own model's data
+                texts = [r[f] for r in files[train_file] for f in ("input", "output")]
+                tokenizer = train_tokenizer(texts, int(spec["vocab_size"]), split_digits=bool(spec["split_digits"]))
+                model = init_model(tokenizer, dict(spec["architecture"]), seed=int(spec["seed"]))
+                init_dir = mdir / "init"
+                tokenizer.save_pretrained(init_dir)
+                model.save_pretrained(init_dir)
+                log.info("world: %s initialised: %d tokens, %s parameters", role, len(tokenizer),
+                         f"{sum(p.numel() for p in model.parameters()):,}")
+                run_dir, secs = _train(mdir, role, init_dir, data / train_file, spec, system_prompt)
+                write_json(mdir / "done.json", {"seconds": round(secs, 1), "key": mkey})
+            else:
+                log.info("world: %s reused from %s", role, mdir)
         done = json.loads((mdir / "done.json").read_text())
         seconds[f"train_{role}"] = done["seconds"]
         hf = run_dir / "checkpoints" / "hf"
@@ -183,18 +222,14 @@ def build_world(world_cfg: DictConfig | dict, wdir: Path) -> dict:
             _copy_model(hf / "final", wdir / "student")
         built[role] = {"run": str(run_dir), "model_key": mkey, **_model_info(hf / "final")}
 
-    accuracy, evals = {}, {}
-    for name in ("teacher_a", "teacher_b", "student"):
-        summary, seconds[f"eval_{name}"] = _evaluate(wdir, name, wdir / name, s["eval"], system_prompt)
-        accuracy[name] = summary["avg@k"]
-        evals[name] = {k: summary[k] for k in ("avg@k", "ci95", "n_questions", "k", "truncation_rate",
-                                               "mean_response_tokens") if k in summary}
+    measured = measure(wdir, s, seconds)
+    accuracy = measured["accuracy"]
     seconds["total"] = time.perf_counter() - t_start
-    info = {"key": wdir.name, "version": WORLD_VERSION, "settings": s, "accuracy": accuracy, "eval": evals,
+    info = {"key": wdir.name, "version": WORLD_VERSION, "settings": s, **measured,
             "models": built, "records": {n: len(r) for n, r in files.items()},
             "seconds": {k: round(v, 1) for k, v in seconds.items()}, "versions": versions(),
             "git": git_revision(ROOT), "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    (wdir / "world.json").write_text(json.dumps(info, indent=2))  # written last: the "complete" marker
+    write_json(wdir / "world.json", info)  # written last: the "complete" marker
     log.info("world %s built in %.0f s: held-out avg@%s teacher_a %.1f%%, teacher_b %.1f%%, student %.1f%%",
              wdir.name, seconds["total"], s["eval"]["k"], accuracy["teacher_a"], accuracy["teacher_b"],
              accuracy["student"])
