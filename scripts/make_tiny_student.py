@@ -24,19 +24,10 @@ from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen3
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "dasd" / "assets"
 VOCAB_SIZE = 1024
-PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
-THINK_TOKENS = ("<think>", "</think>")
-THINK_SPLIT = re.compile("|".join(re.escape(t) for t in THINK_TOKENS))
+# the ChatML specials, think tokens and chat template every dasd-built tokenizer shares
+from dasd.world.models import CHAT_TEMPLATE, IM_END, IM_START, PAD, THINK_TOKENS  # noqa: E402
 
-# ChatML as in Qwen2.5/Qwen3-Instruct, minus tools and default system prompt: content is emitted verbatim.
-CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{%- endif %}"
-)
+THINK_SPLIT = re.compile("|".join(re.escape(t) for t in THINK_TOKENS))
 
 ARCHITECTURE = {
     "hidden_size": 128,
