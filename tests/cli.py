@@ -42,6 +42,31 @@ def _wait_for_checkpoint(run_dir: Path, min_step: int, proc: subprocess.Popen, t
     raise AssertionError(f"no checkpoint at step >= {min_step} (process exit {proc.poll()})")
 
 
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "X"
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (Linux /proc), including ones that left its process group, such as
+    W&B's service process."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    out, frontier = [], [pid]
+    while frontier:
+        kids = [c for c, p in parents.items() if p in frontier]
+        out += kids
+        frontier = kids
+    return out
+
+
 def kill_after_checkpoint(out: Path, run_dir: Path, min_step: int, *overrides: str) -> int:
     """Start train.py, SIGKILL it (and its children) once it has saved a checkpoint at step >= min_step;
     returns the step of the checkpoint a resume starts from."""
@@ -51,6 +76,18 @@ def kill_after_checkpoint(out: Path, run_dir: Path, min_step: int, *overrides: s
     try:
         _wait_for_checkpoint(run_dir, min_step=min_step, proc=proc)
     finally:
+        # the whole tree, W&B's service process included: a surviving one still holds the run id, and the
+        # resumed run would be refused ("run ID ... is in use") on a busy machine
+        tree = _descendants(proc.pid)
         os.killpg(proc.pid, signal.SIGKILL)
+        for pid in tree:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.wait()
+        deadline = time.time() + 30
+        while time.time() < deadline and any(Path(f"/proc/{pid}").exists() and
+                                             "Z" not in _state(pid) for pid in tree):
+            time.sleep(0.1)
     return int((run_dir / "checkpoints" / "last.ckpt").resolve().stem.split("step=")[-1])
