@@ -15,6 +15,14 @@ os.environ.setdefault("WANDB_MODE", "offline")  # tests never touch the network
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
+@pytest.fixture(autouse=True)
+def _no_shared_wandb_service(monkeypatch):
+    """A test that ran W&B in this process leaves WANDB_SERVICE set, and a child process (train.py) would then
+    join this process's W&B service: a killed child's run stays registered there and its resume is refused
+    ("run ID ... is in use"). Every child gets its own service, as it would from a shell."""
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_path() -> str:
     return asset_path("tiny_qwen3")
