@@ -11,7 +11,8 @@
     teacher_a/                  the teacher (HF model dir: model, tokenizer, chat template)
     teacher_b/                  a weaker second teacher: teacher_a's run after ``teacher.weaker_epoch`` epochs
     student/                    the student: smaller, another tokenizer, pre-trained on the weak style
-    build/                      the training and evaluation runs (manifests, loss curves, per-question results)
+    build/                      the build's evaluation runs (per-question results); the training runs live in
+                                ``<root>/models/<role>-<key>/`` (shared by every world with the same model inputs)
     world.json                  settings, key, held-out accuracies (avg@k), timings, versions
 
 Every model is trained by ``train.py`` (dasd's own SFT: packing, the chat template, the Lightning Trainer)
