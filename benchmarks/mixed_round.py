@@ -24,6 +24,7 @@ runs the whole round again in a fresh folder with the same seeds (the same work)
     .venv/bin/python benchmarks/mixed_round.py                                      # CPU, HF engines
     VLLM_ENABLE_V1_MULTIPROCESSING=0 .venv-vllm/bin/python benchmarks/mixed_round.py --engine vllm
     python benchmarks/mixed_round.py --device cuda --engine vllm                    # GPU
+    .venv/bin/python benchmarks/mixed_round.py --smoke           # seconds: 4 questions, 128 teacher tokens
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from memory_meters import machine
+from memory_meters import exit_code, machine, parse_with_smoke, provenance, smoke_out, write_report
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +57,7 @@ PARTS = (
     ("round_bookkeeping", "round bookkeeping (spec, files, lock, plot)"),
     ("data_rebuild", "data rebuild (derive + setup + set_extra)"),
 )
+SMOKE = {"n_questions": 4, "teacher_max_tokens": 128, "batch_size": 4}
 GROUPS = {  # the four parts of the brief, each a sum of PARTS
     "weight_handoff": ("export", "student_load"),
     "generation": ("student_rollout", "teacher_load", "teacher_continuation", "assemble_filter"),
@@ -64,7 +66,7 @@ GROUPS = {  # the four parts of the brief, each a sum of PARTS
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--student", default=None, help="HF folder of the student weights (default: tiny_qwen3_base)")
     p.add_argument("--teacher", default=None, help="HF folder of the teacher (default: tiny_teacher)")
@@ -92,8 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch threads here and OMP_NUM_THREADS of the phase processes (default: torch's)")
     p.add_argument("--seed", type=int, default=0, help="mixed.seed (draw, rollout, cut, continuation seeds)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (rounds, checkpoints, cache)")
-    p.add_argument("--out", default=None, help="default: benchmarks/results/mixed_round_<device>_<engine>.json")
-    args = p.parse_args(argv)
+    p.add_argument("--out", default=None, help="default: benchmarks/results/mixed_round_<device>_<engine>.json "
+                                              "(--smoke: outputs/benchmarks/)")
+    args = parse_with_smoke(p, argv, SMOKE)
     if min(args.n_questions, args.repeats, args.teacher_max_tokens, args.batch_size, args.cutoff_len) < 1:
         p.error("--n-questions, --repeats, --teacher-max-tokens, --batch-size and --cutoff-len must be >= 1")
     if args.cap_factor <= 0:
@@ -107,7 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         except ValueError:
             p.error("--vllm-max-num-batched-tokens must be none or an integer")
     if args.out is None:
-        args.out = str(ROOT / "benchmarks" / "results" / f"mixed_round_{args.device}_{args.engine}.json")
+        name = f"mixed_round_{args.device}_{args.engine}"
+        args.out = smoke_out(name) if args.smoke else str(ROOT / "benchmarks" / "results" / f"{name}.json")
     return args
 
 
@@ -254,6 +258,20 @@ def summarise(runs: list[dict]) -> dict:
     }
 
 
+def sanity(runs: list[dict], args: argparse.Namespace) -> dict[str, bool]:
+    """The run's own checks: every repeat did the same work on all the questions, no part of the split came out
+    negative (the phases' own timings fit inside their wall times), both models produced tokens, and every
+    kept record became a training sample of the derived data, which was built afresh (a cache miss)."""
+    c = runs[0]["counts"]
+    return {"same_counts_every_repeat": all(r["counts"] == c for r in runs),
+            "every_question_answered": c["questions"] == args.n_questions,
+            "no_negative_part": all(v >= 0 for r in runs for v in r["parts"].values()),
+            "student_and_teacher_tokens": c["student_tokens"] > 0 and (c["continued"] == 0 or c["teacher_tokens"] > 0),
+            "kept_records_become_samples": all(r["data"]["extra_samples"] == r["counts"]["kept"] for r in runs),
+            "derived_data_built_afresh": all(r["data"]["extra_cache_hit"] in (False, None) for r in runs),
+            "some_records_kept": c["kept"] > 0}  # else the data rebuild was never exercised
+
+
 def print_table(summary: dict, args: argparse.Namespace) -> None:
     med, total, share = summary["parts_seconds_median"], summary["total_seconds_median"], summary["parts_share_of_total"]
     width = max(len(label) for _, label in PARTS) + 2
@@ -273,6 +291,7 @@ def print_table(summary: dict, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     wall, load_before, started = time.perf_counter(), os.getloadavg(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
     if args.threads:
@@ -286,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
     from dasd.data.datamodule import SFTDataModule
     from dasd.data.selection import RandomSelector
     from dasd.models.student import asset_path, load_tokenizer
-    from dasd.utils.run import git_revision, versions
+    from dasd.utils.run import versions
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -327,23 +346,21 @@ def main(argv: list[str] | None = None) -> dict:
     summary = summarise(runs)
     print_table(summary, args)
     report = {
-        "benchmark": "mixed_round", "config": vars(args),
+        "benchmark": "mixed_round", "smoke": args.smoke, "config": vars(args),
         "models": {"student": student, "teacher": teacher, "data": data, "student_parameters": n_params},
         "settings": {"mixed": settings, "filters": filters, "system_prompt": SYSTEM_PROMPT},
-        "base_data": base, **summary, "runs": runs,
+        "base_data": base, **summary, "runs": runs, "checks": sanity(runs, args),
         "machine": machine(), "versions": {**versions(), "vllm_dist": vllm_version()},
-        "git": git_revision(Path(__file__).parent), "torch_threads": torch.get_num_threads(),
+        **provenance(__file__, argv), "torch_threads": torch.get_num_threads(),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
         "loadavg_1_5_15": {"before": load_before, "after": os.getloadavg()},
         "wall_seconds": time.perf_counter() - wall, "started": started,
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    out = write_report(report, args.out)
     print(f"{report['wall_seconds']:.0f} s -> {out}")
     return report
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code(main()))

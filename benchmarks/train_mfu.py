@@ -32,8 +32,8 @@ clipping, the (CPU) Adam step, parameter copy-back, scheduler, zero_grad) and ot
 loader, host→device copy, Lightning's loop). ``--profile`` adds one profiled step after the timed ones: the
 top-15 CUDA kernels by self time.
 
-    .venv/bin/python benchmarks/train_mfu.py --arch tiny --strategy auto --device cpu --contexts 512 \\
-        --liger off --offload none --steps 2 --warmup-steps 1 --peak-tflops 1     # CPU smoke test
+    .venv/bin/python benchmarks/train_mfu.py --smoke    # CPU: the FLOP formula against torch's counter, one tiny
+                                                        # arm (the GPU-only parts are listed as skipped)
     python benchmarks/train_mfu.py --device cuda --offload optimizer none       # GPU: all arms
 """
 
@@ -43,7 +43,6 @@ import argparse
 import json
 import math
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -53,7 +52,16 @@ import traceback
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from memory_meters import CudaMemory, HostMemory, machine
+from memory_meters import (
+    CudaMemory,
+    HostMemory,
+    exit_code,
+    machine,
+    parse_with_smoke,
+    provenance,
+    smoke_out,
+    write_report,
+)
 
 GIB = 2**30
 SCRIPT = Path(__file__).resolve()
@@ -63,6 +71,15 @@ PEAK_BF16_TFLOPS = ((("H100", "PCIe"), 756.0), (("H100", "NVL"), 835.0), (("H200
                     (("H100",), 989.4), (("H200",), 989.4), (("GH200",), 989.4), (("A100",), 312.0))
 MIN_SAMPLE, MAX_SAMPLE, PROMPT_TOKENS = 1024, 16384, 128  # synthetic response lengths (log-uniform), prompt
 OFFLOADS = {"none": False, "optimizer": "optimizer", "all": "all"}  # --offload → build_strategy(offload=...)
+# --smoke: what a CPU can run of it: the tiny student's config, one 512-token arm, no DeepSpeed
+SMOKE = {"device": "cpu", "arch": "tiny", "strategy": "auto", "contexts": [512], "liger": "off",
+         "offload": ["none"], "steps": 2, "warmup_steps": 1, "peak_tflops": 1.0, "sample_lengths": (64, 512)}
+SMOKE_SKIPS = ("the Qwen3-4B architecture (--arch qwen3_4b) and its peak memory",
+               "DeepSpeed ZeRO-3 (--strategy deepspeed_zero3) and its offload arms (--offload optimizer|all)",
+               "Liger kernels (--liger on)", "bf16 varlen attention (flash_attention_2 / torch_varlen on CUDA)",
+               "MFU against a real GPU peak (--peak-tflops 1 here: the CPU figure means nothing)",
+               "the CUDA kernel profile (--profile)")
+QWEN3_4B_N = 4_022_272_000  # N of the Qwen3-4B architecture, counted from its Linear layers (README)
 
 
 # ------------------------------------------------------------------------------------------------ FLOPs
@@ -119,10 +136,63 @@ def peak_tflops_for(device_name: str | None) -> float | None:
     return None
 
 
+def flop_check(seq: int = 257) -> dict:
+    """The FLOP formula against ``torch.utils.flop_counter`` on the tiny student (CPU, eager attention, so that
+    its matmuls are visible; one unpacked ``seq``-token sequence, forward + backward): all mm = 6·N·tokens and
+    the attention term = half of all bmm (eager computes the full s × s); and N of the Qwen3-4B architecture
+    counted from its Linear layers on the meta device (no memory). ``tests/test_mfu.py`` checks the same."""
+    import torch
+    from das_scoring import QWEN3_4B
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from dasd.models.student import StudentSpec, asset_path, load_student
+
+    hf_logging.disable_progress_bar()
+    torch.manual_seed(0)
+    model = load_student(StudentSpec(asset_path("tiny_qwen3"), torch_dtype="float32", attn_implementation="eager"))
+    ids = torch.randint(1, model.config.vocab_size, (1, seq))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+    counts = {str(op): int(n) for op, n in counter.get_flop_counts()["Global"].items()}
+    with torch.device("meta"):
+        big = Qwen3ForCausalLM(Qwen3Config(**QWEN3_4B))
+    return {"sequence_tokens": seq, "counted": counts,
+            "six_n_over_counted_mm": 6 * matmul_params(model.config) * seq
+            / max(1, counts.get("aten.mm", 0) + counts.get("aten.addmm", 0)),
+            "attention_over_half_counted_bmm": attention_flops(model.config, [seq])
+            / max(1, counts.get("aten.bmm", 0) / 2),
+            "qwen3_4b_matmul_params": matmul_params(QWEN3_4B),
+            "qwen3_4b_linear_weights": sum(m.weight.numel() for m in big.modules() if isinstance(m, torch.nn.Linear))}
+
+
+def sanity(report: dict) -> dict[str, bool]:
+    """The run's own checks: every arm ran, its step split adds up (forward+backward + optimizer within 5% of
+    the step; the rest runs between steps), N from the config equals the model's Linear weights, MFU is finite;
+    with ``--smoke`` also the FLOP formula against torch's counter (1%) and the Qwen3-4B N."""
+    ok = [a["result"] for a in report["arms"] if a["result"].get("ok")]
+    checks = {"every_arm_ran": len(ok) == len(report["arms"]) > 0,
+              "step_split_adds_up": all(abs(r["timing"]["fwd_bwd_seconds"] + r["timing"]["optimizer_seconds"]
+                                            - r["timing"]["step_seconds"]) <= 0.05 * r["timing"]["step_seconds"]
+                                        for r in ok),
+              "matmul_params_match_linears": all(r["model"]["matmul_params"]
+                                                 == r["model"]["matmul_params_counted_from_linears"] for r in ok),
+              "mfu_finite": all(r["throughput"]["mfu"] is not None and math.isfinite(r["throughput"]["mfu"])
+                                and r["throughput"]["tokens_per_s"] > 0 for r in ok)}
+    f = report.get("flop_check")
+    if f:
+        checks["flop_formula_6n_matches_counter"] = abs(f["six_n_over_counted_mm"] - 1) < 0.01
+        checks["flop_formula_attention_matches_counter"] = abs(f["attention_over_half_counted_bmm"] - 1) < 0.01
+        checks["qwen3_4b_matmul_params"] = f["qwen3_4b_matmul_params"] == f["qwen3_4b_linear_weights"] == QWEN3_4B_N
+    return checks
+
+
 # ------------------------------------------------------------------------------------------------- CLI
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     p.add_argument("--arch", choices=("qwen3_4b", "tiny"), default="qwen3_4b",
@@ -156,7 +226,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None,
                    help="default benchmarks/results/train_mfu_cpu.json or train_mfu_cuda_<gpu>.json")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one arm (JSON), run in this process
-    args = p.parse_args(argv)
+    args = parse_with_smoke(p, argv, SMOKE)
     if args.worker:
         return args
     if args.steps < 1 or args.warmup_steps < 0 or args.accumulate < 1 or min(args.contexts) < 2:
@@ -602,7 +672,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.worker:
         worker_main(args.worker)
         return {}
-    from dasd.utils.run import git_revision, versions
+    from dasd.utils.run import versions
 
     wall, started = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
     vers = versions()
@@ -621,22 +691,24 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out is None:
         slug = "cpu" if args.device == "cpu" else "cuda_" + next(
             (n for n in ("h200", "h100", "a100", "gh200") if n in device_name.lower()), "gpu")
-        args.out = f"benchmarks/results/train_mfu_{slug}.json"
+        args.out = smoke_out("train_mfu") if args.smoke else f"benchmarks/results/train_mfu_{slug}.json"
     tmp = Path(tempfile.mkdtemp(prefix="train_mfu_"))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         model_dir = tmp / "model"
         model_config = write_model_dir(model_dir, args.arch)
-        report = {"benchmark": "train_mfu",
-                  "command": shlex.join(["python", "benchmarks/train_mfu.py", *argv]),
+        report = {"benchmark": "train_mfu", "smoke": args.smoke,
+                  "skipped": list(SMOKE_SKIPS) if args.smoke else [],
                   "config": {k: v for k, v in vars(args).items() if k != "worker"},
                   "device_name": device_name, "peak_tflops": peak, "model_config": model_config,
                   "flops": {"matmul_params": matmul_params(model_config),
                             "formula": "6*N*tokens + 6*n_layers*n_heads*head_dim*sum(s_i^2)"},
-                  "machine": machine(), "versions": vers, "git": git_revision(SCRIPT.parent),
+                  "machine": machine(), "versions": vers, **provenance(__file__, argv),
                   "child_env": child_env(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                   "started": started, "arms": []}
+        if args.smoke:
+            report["flop_check"] = flop_check()
         print(f"train_mfu [{device_name}]: {args.arch}, N = {matmul_params(model_config) / 1e9:.3f}B matmul "
               f"params, peak {peak} TFLOP/s; arms -> {out}", flush=True)
         for i, arm in enumerate(plan_arms(args)):
@@ -664,15 +736,18 @@ def main(argv: list[str] | None = None) -> dict:
             report["wall_seconds"] = time.perf_counter() - wall
             report["table"] = table(report["arms"])
             # after every arm, so that a run cut short keeps the arms it finished
-            out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+            write_report(report, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    report["checks"] = sanity(report)
+    write_report(report, out)
+    if args.smoke:
+        print("smoke: skipped (GPU only): " + "; ".join(SMOKE_SKIPS))
     print(report["table"])
     print(f"train_mfu: {len(report['arms'])} arms in {report['wall_seconds']:.0f} s -> {out}")
     return report
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code(main()))

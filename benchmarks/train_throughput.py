@@ -7,16 +7,18 @@ non-pad tokens (``batch["num_tokens"]``) of the timed micro-batches. The arms al
 ``--repeats`` runs to cancel drift; the JSON holds every run, the median of each arm and their ratio.
 
     .venv/bin/python benchmarks/train_throughput.py            # CPU, defaults
+    .venv/bin/python benchmarks/train_throughput.py --smoke    # seconds: 3 steps of 2 micro-batches, 1 repeat
     .venv/bin/python benchmarks/train_throughput.py --device cuda --out benchmarks/results/train_throughput_cuda.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import math
 import os
 import statistics
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -24,21 +26,24 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from memory_meters import exit_code, parse_with_smoke, provenance, smoke_out, write_report
 from torch.utils.data import DataLoader
 from transformers.utils import logging as hf_logging
 
 from dasd.data.datamodule import SFTDataModule
 from dasd.data.selection import RandomSelector
 from dasd.models.student import StudentSpec, asset_path, load_student, load_tokenizer
-from dasd.training.module import SFTModule
+from dasd.training.module import SFTModule, packed_loss_sum
 from dasd.training.optim import OptimConfig, build_optimizer
-from dasd.utils.run import git_revision, versions
+from dasd.utils.run import versions
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 OPTIM = OptimConfig(lr=1.0e-3, min_lr=1.0e-4)  # conf/optim/tiny.yaml
 MAX_GRAD_NORM = 1.0
 LOSS_RTOL = 1.0e-3  # final losses of the two arms must agree to this relative tolerance
 NOISY_SPREAD = 1.25  # fastest / slowest run of one arm above this: warn that the machine was busy
+# --smoke: the same code at a size of seconds; accumulation on, so that the loss normalisation is checked too
+SMOKE = {"steps": 3, "warmup_steps": 1, "accumulate": 2, "repeats": 1, "cutoff_len": 512}
 
 
 @dataclass
@@ -53,7 +58,7 @@ class RunResult:
     final_loss: float  # mean CE over the supervised tokens of the last optimizer step
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=60, help="timed optimizer steps per run")
     p.add_argument("--warmup-steps", type=int, default=5, help="untimed optimizer steps before timing")
@@ -65,8 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--seed", type=int, default=42, help="selection, pack order and torch seed")
     p.add_argument("--data", default=str(Path(asset_path("sample_data")) / "sample_T0.6.jsonl"))
-    p.add_argument("--out", default="benchmarks/results/train_throughput_cpu.json")
-    args = p.parse_args(argv)
+    p.add_argument("--out", default=None,
+                   help="default benchmarks/results/train_throughput_<device>.json (--smoke: outputs/benchmarks/)")
+    args = parse_with_smoke(p, argv, SMOKE)
+    args.out = args.out or (smoke_out("train_throughput") if args.smoke
+                            else f"benchmarks/results/train_throughput_{args.device}.json")
     if args.steps < 1 or args.warmup_steps < 0 or args.repeats < 1:
         p.error("--steps and --repeats must be >= 1, --warmup-steps >= 0")
     return args
@@ -173,14 +181,6 @@ def run_lightning(batches: list[dict], args: argparse.Namespace, order: int) -> 
 # ---------------------------------------------------------------------------------------------- plain
 
 
-def loss_sum(model: torch.nn.Module, batch: dict) -> torch.Tensor:
-    """Sum of token cross-entropies of a micro-batch, called exactly as ``SFTModule.forward_loss_sum``."""
-    out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"],
-                shift_labels=batch["labels"], num_items_in_batch=torch.ones((), device=batch["labels"].device),
-                use_cache=False)
-    return out.loss
-
-
 def plain_step(model: torch.nn.Module, optimizer, scheduler, micro: list[dict], device: str) -> float:
     """One optimizer step over its accumulation micro-batches; returns the step's mean token CE.
 
@@ -189,8 +189,9 @@ def plain_step(model: torch.nn.Module, optimizer, scheduler, micro: list[dict], 
     """
     accumulate, total = len(micro), 0.0
     for batch in micro:
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        s = loss_sum(model, batch)
+        # tensors to the device, plain values (the packer's ``max_length``) as they are, as Lightning moves them
+        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        s = packed_loss_sum(model, batch)  # SFTModule.forward_loss_sum's call
         total += float(s.detach())
         step_tokens = batch["step_tokens"].clamp(min=1).to(s.dtype)
         (s * accumulate / step_tokens / accumulate).backward()
@@ -252,8 +253,16 @@ def summarize(runs: dict[str, list[RunResult]]) -> dict:
     final_loss = {"lightning": lf, "plain": pf, "abs_diff": abs(lf - pf), "rtol": LOSS_RTOL,
                   "close": abs(lf - pf) <= LOSS_RTOL * max(1.0, abs(pf)),
                   "all_runs": {name: [r.final_loss for r in rs] for name, rs in runs.items()}}
+    pairs = list(zip(runs["lightning"], runs["plain"], strict=True))
+    checks = {  # both arms do the same work, or the ratio means nothing
+        "final_loss_close": final_loss["close"],
+        "every_pair_final_loss_close": all(abs(a.final_loss - b.final_loss) <= LOSS_RTOL * max(1.0, abs(b.final_loss))
+                                           for a, b in pairs),
+        "final_loss_finite": all(math.isfinite(r.final_loss) for rs in runs.values() for r in rs),
+        "same_timed_tokens": len({r.tokens for rs in runs.values() for r in rs}) == 1,
+        "tokens_per_s_positive": all(r.tokens_per_s > 0 for rs in runs.values() for r in rs)}
     return {"results": results, "ratio_lightning_over_plain": ratio, "ratio_best_over_best": best_ratio,
-            "pair_ratios": pair_ratios, "final_loss": final_loss}
+            "pair_ratios": pair_ratios, "final_loss": final_loss, "checks": checks}
 
 
 def quiet_lightning() -> None:
@@ -267,6 +276,7 @@ def quiet_lightning() -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -279,14 +289,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"data: {data['packs']} packs, {len(batches)} micro-batches ({epochs} epoch(s)), "
           f"{data['timed_tokens']} timed tokens per run; {torch.get_num_threads()} threads, {args.device}")
     summary = summarize(run_repeats(batches, args))
-    report = {"benchmark": "train_throughput", "config": vars(args), "data": data, **summary,
-              "versions": versions(), "git": git_revision(Path(__file__).parent),
+    report = {"benchmark": "train_throughput", "smoke": args.smoke, "config": vars(args), "data": data, **summary,
+              "versions": versions(), **provenance(__file__, argv),
               "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
               "loadavg_1_5_15": {"before": load_before, "after": os.getloadavg()},
               "wall_seconds": time.perf_counter() - wall, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_report(report, args.out)
     spreads = {name: r["spread"] for name, r in summary["results"].items()}
     if max(spreads.values()) > NOISY_SPREAD:
         print(f"warning: runs of one arm differ by up to {max(spreads.values()):.2f}x (machine busy?); "
@@ -300,4 +308,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code(main()))
