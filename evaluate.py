@@ -5,6 +5,7 @@ import hydra
 from omegaconf import DictConfig
 
 from dasd.config import register_resolvers
+from dasd.config_checks import exit_on_config_error
 
 register_resolvers()
 
@@ -13,7 +14,8 @@ register_resolvers()
 def main(cfg: DictConfig) -> None:
     from dasd.eval.run import evaluate
 
-    evaluate(cfg)
+    with exit_on_config_error():  # a bad value: one line per problem, exit status 2
+        evaluate(cfg)
 
 
 if __name__ == "__main__":  # the guard vLLM's in-process engine needs

@@ -4,6 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 from dasd.config import register_resolvers
+from dasd.config_checks import exit_on_config_error
 
 register_resolvers()
 
@@ -12,7 +13,8 @@ register_resolvers()
 def main(cfg: DictConfig) -> None:
     from dasd.generation.run import generate
 
-    generate(cfg)
+    with exit_on_config_error():  # a bad value: one line per problem, exit status 2
+        generate(cfg)
 
 
 if __name__ == "__main__":  # the guard vLLM's in-process engine needs

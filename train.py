@@ -6,6 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from dasd.config import quote_numeric_choices, register_resolvers
+from dasd.config_checks import exit_on_config_error
 from dasd.launch import rank_argv
 
 register_resolvers()
@@ -16,7 +17,7 @@ def main(cfg: DictConfig) -> float | None:
     from dasd.launch import job_scope
     from dasd.training.train import train
 
-    with job_scope():  # one Hydra job = one process group (docs/launch.md)
+    with exit_on_config_error(), job_scope():  # one Hydra job = one process group (docs/launch.md)
         metrics = train(cfg)
     return metrics.get("train/loss")  # the value a Hydra sweeper optimises
 

@@ -91,3 +91,39 @@ def kill_after_checkpoint(out: Path, run_dir: Path, min_step: int, *overrides: s
                                              "Z" not in _state(pid) for pid in tree):
             time.sleep(0.1)
     return int((run_dir / "checkpoints" / "last.ckpt").resolve().stem.split("step=")[-1])
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc``'s process group and every descendant (W&B's service included), and wait until they are gone."""
+    tree = _descendants(proc.pid)
+    for kill, pid in [(os.killpg, proc.pid)] + [(os.kill, pid) for pid in tree]:
+        try:
+            kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # already gone
+            pass
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in tree):
+        time.sleep(0.1)
+
+
+def kill_at_checkpoint(out: Path, run_dir: Path, step: int, *overrides: str, timeout: float = 300) -> None:
+    """Start train.py and SIGKILL it (and its children) as soon as ``last.ckpt`` links the checkpoint of exactly
+    optimizer step ``step``. A run that got past that checkpoint first, or ended, fails the test: it would
+    resume from somewhere else (a test must not pass by landing on another checkpoint)."""
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.Popen(train_cmd(out, *overrides), cwd=out, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    last, deadline, seen = run_dir / "checkpoints" / "last.ckpt", time.time() + timeout, None
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                seen = int(os.readlink(last).rsplit("step=", 1)[1].removesuffix(".ckpt"))
+            except (OSError, IndexError, ValueError):
+                seen = None
+            if seen is not None and seen >= step:
+                break
+            time.sleep(0.005)
+    finally:
+        _kill_tree(proc)
+    assert seen == step, f"wanted a kill right after the checkpoint of step {step}, got {seen} (exit {proc.returncode})"

@@ -149,6 +149,7 @@ def test_stored_scores_match_the_teacher_file_and_the_student_training_loss(pool
     for sample in dm.samples:
         ids = torch.tensor([sample.input_ids])
         sup = torch.tensor(sample.supervised)
+        sup[len(sup) - (len(dm.templater.end_ids) - 1):] = False  # the "\n" after <|im_end|>: trained, not scored
         with torch.no_grad():
             logp = torch.log_softmax(model(ids, use_cache=False).logits[0, :-1].double(), -1)
         token_lp = logp.gather(-1, ids[0, 1:, None]).squeeze(-1)[sup[1:]]

@@ -48,7 +48,7 @@ def test_records_are_trainable_and_carry_teacher_fields(engine, questions, tmp_p
     writer, counts = _run(engine, questions, tmp_path / "out", k=2)
     path = writer.finalize()
     records, report = read_records(path)
-    assert counts["generated"] == 10 and report.kept == 10 and report.skipped == []
+    assert counts["generated"] == 10 and report.kept == 10 and not report.skipped
     rows = [json.loads(x) for x in path.read_text().splitlines()]
     assert {(r["question_id"], r["sample_index"]) for r in rows} == {(f"q{i}", k) for i in range(5) for k in (0, 1)}
     for r in rows:
@@ -98,8 +98,8 @@ def test_bad_questions_name_file_line_and_field(tmp_path):
     with pytest.raises(RecordError, match=rf"{path}:2: field 'input': missing"):
         read_questions(path)
     kept, report = read_questions(path, on_error="skip")
-    assert [q.input for q in kept] == ["ok?", "fine"] and len(report.skipped) == 3
-    assert any(":4: field 'id': duplicate" in s for s in report.skipped)
+    assert [q.input for q in kept] == ["ok?", "fine"] and sum(report.skipped.values()) == 3
+    assert any(":4: field 'id': duplicate" in s for s in report.messages())
     with pytest.raises(FileNotFoundError, match="questions file not found"):
         read_questions(tmp_path / "missing.jsonl")
 

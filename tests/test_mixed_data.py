@@ -38,7 +38,7 @@ def test_boundary_is_a_token_boundary_and_masks_cover_exactly_their_part(tokeniz
     full = ChatTemplater(tokenizer).render(record)
     masked = ChatTemplater(tokenizer, mask_student_prefix=True).render(record)
     assert full.input_ids == masked.input_ids  # the mask changes labels, never tokens
-    eot = ChatTemplater(tokenizer).end_of_turn
+    eot = tokenizer.decode(ChatTemplater(tokenizer).end_ids)  # "<|im_end|>\n" (data.supervise_eot_newline)
     assert tokenizer.decode(supervised_ids(full)) == OUTPUT + eot
     assert tokenizer.decode(supervised_ids(masked)) == OUTPUT[boundary:] + eot
     n_prompt = full.supervised.index(True)
@@ -53,7 +53,8 @@ def test_plain_records_render_as_before(tokenizer):
     record = Record(uuid=r["uuid"], input=r["input"], output=r["output"], domain="math", meta=r["meta"])
     a, b = ChatTemplater(tokenizer).render(record), ChatTemplater(tokenizer, mask_student_prefix=True).render(record)
     assert a == b
-    assert a.input_ids[a.supervised.index(True):-1] == tokenizer.encode(r["output"], add_special_tokens=False)
+    end = len(ChatTemplater(tokenizer).end_ids)
+    assert a.input_ids[a.supervised.index(True):-end] == tokenizer.encode(r["output"], add_special_tokens=False)
 
 
 @pytest.mark.parametrize("bad", [0, len(OUTPUT), -1, "12"])
@@ -86,7 +87,7 @@ def test_selected_records_and_added_samples(tokenizer, tmp_path):
     rows = dm.selected_records()
     assert [r["uuid"] for r in rows] == [make_record(i)["uuid"] for i in range(6)]
     for r, s in zip(rows, dm.samples, strict=True):
-        assert r["response_tokens"] == s.num_supervised - 1  # the response without the end-of-turn token
+        assert r["response_tokens"] == s.num_supervised - len(dm.templater.end_ids)  # without the end tokens
         assert r["reference"].endswith("\\boxed{" + str(2 * int(r["input"].split()[2])) + "}.")
     mixed = {**make_record(99), "output": OUTPUT,
              "meta": json.dumps({"kind": "mixed_policy", STUDENT_PREFIX_KEY: 30})}
@@ -169,7 +170,7 @@ def test_response_tokens_do_not_depend_on_the_loss_mask(tokenizer, tmp_path):
         counts.append([r["response_tokens"] for r in dm.selected_records()])
     assert counts[0] == counts[1]
     whole = ChatTemplater(tokenizer).render(Record(mixed["uuid"], mixed["input"], OUTPUT, "math", mixed["meta"]))
-    assert counts[0][1] == whole.num_supervised - 1
+    assert counts[0][1] == whole.num_supervised - len(ChatTemplater(tokenizer).end_ids)
 
 
 def test_derive_keeps_every_setting_and_skips_filters_for_filtered_rounds(tokenizer, tmp_path):

@@ -169,14 +169,16 @@ def _loader(tokens, progress, micro=2, accumulate=3, seed=4):
 @pytest.mark.parametrize("global_step, epoch", [(0, 0), (2, 0), (4, 0), (4, 1), (5, 1), (7, 1), (9, 2)])
 def test_loader_state_round_trip(global_step, epoch):
     """state_dict records consumed = (global_step − epoch·steps_per_epoch)·accumulate micro-batches of the
-    current epoch (capped at its length); a fresh loader restored from it resumes exactly there."""
+    current epoch, or at the epoch's end the next epoch from its start; a fresh loader restored from it
+    resumes exactly there."""
     tokens = _tokens(22)  # 11 micro-batches of 2, accumulate 3 -> 4 steps per epoch
     loader = _loader(tokens, progress=lambda: (global_step, epoch))
     sampler = loader.batch_sampler
     assert sampler.steps_per_epoch == 4 and len(sampler) == 11
     state = loader.state_dict()
-    assert state["epoch"] == epoch
-    assert state["consumed"] == min(len(sampler), (global_step - epoch * sampler.steps_per_epoch) * 3)
+    consumed = (global_step - epoch * sampler.steps_per_epoch) * 3
+    assert (state["epoch"], state["consumed"]) == ((epoch, consumed) if consumed < len(sampler) else (epoch + 1, 0))
+    epoch = state["epoch"]
 
     reference = _loader(tokens, progress=lambda: (0, 0))
     reference.batch_sampler.set_epoch(epoch)

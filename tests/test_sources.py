@@ -286,11 +286,20 @@ def test_join_bad_row_is_skipped_not_missing(tmp_path):
         list(join_logprobs(iter_released(path), lp_path))
 
 
-def test_join_replaces_generated_arrays(tmp_path):
-    lp_path = write_parquet(tmp_path / "lp.parquet", lp_rows(3))
+def test_join_checks_inline_arrays_against_the_parquet(tmp_path):
+    """A record's own token_ids/logprobs that equal its Parquet row (to float32 precision) join; ones that differ
+    are a logprob_conflict at the record's file:line, never silently replaced (or skipped and counted)."""
+    lp = lp_rows(3)
+    lp_path = write_parquet(tmp_path / "lp.parquet", lp)
+    same = [gen_record(i, token_ids=lp["token_ids"][i], logprobs=lp["logprobs"][i]) for i in range(3)]
+    got = list(join_logprobs(iter_generated(write_jsonl(tmp_path / "same.jsonl", same)), lp_path))
+    assert got[2].token_ids.tolist() == lp["token_ids"][2] and got[2].extra["seed"] == 9
     path = write_jsonl(tmp_path / "g.jsonl", [gen_record(i) for i in range(3)])
-    got = list(join_logprobs(iter_generated(path), lp_path))
-    assert got[2].token_ids.tolist() == lp_rows(3)["token_ids"][2] and got[2].extra["seed"] == 9
+    with pytest.raises(SourceError, match=r"g.jsonl:1: field 'token_ids': the record's own .* differ"):
+        list(join_logprobs(iter_generated(path), lp_path))
+    report = SourceReport(str(lp_path))
+    assert list(join_logprobs(iter_generated(path), lp_path, on_error="skip", report=report)) == []
+    assert report.skipped == {"logprob_conflict": 3}
 
 
 # ---------------------------------------------------------------- streaming

@@ -1,4 +1,5 @@
-"""Chat templating and the loss mask: the response is supervised verbatim, the prompt never is."""
+"""Chat templating and the loss mask: the response is supervised verbatim, the prompt never is; the end tokens
+are "<|im_end|>\n" (the authors' LLaMA-Factory qwen template) or "<|im_end|>" (supervise_eot_newline=false)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dasd.data.template import ChatTemplater
 
 SYSTEM = "You are a helpful assistant."
 EOT = "<|im_end|>"
+END = EOT + "\n"  # the supervised end of every sample by default (data.supervise_eot_newline=true)
 
 
 def _record(i: int = 3, **fields) -> Record:
@@ -55,13 +57,31 @@ def thinking_tokenizer(tokenizer):
     _record(12345, output="<think>\n  spaces,  unicode ü ∑ 😀\n\n</think>\n\nFinal: \\boxed{x}  "),
     _record(5, output="no think block at all"),
 ], ids=["default", "unicode_whitespace", "no_think"])
-def test_supervised_tokens_are_response_plus_end_of_turn(tokenizer, templater, record):
-    """The supervised tokens decode to exactly record.output + "<|im_end|>"."""
-    sample = templater.render(record)
+@pytest.mark.parametrize("newline", [True, False], ids=["eot_newline", "eot_only"])
+def test_supervised_tokens_are_response_plus_end_of_turn(tokenizer, record, newline):
+    """The supervised tokens decode to exactly record.output + "<|im_end|>\n" (supervise_eot_newline, the default)
+    or record.output + "<|im_end|>"; the supervised ids are one contiguous suffix (``_split``)."""
+    sample = ChatTemplater(tokenizer, system_prompt=SYSTEM, supervise_eot_newline=newline).render(record)
     _, response = _split(sample)
-    assert _decode(tokenizer, response) == record.output + EOT
+    assert _decode(tokenizer, response) == record.output + (END if newline else EOT)
     assert sample.num_supervised == len(response)
     assert sample.uuid == record.uuid
+
+
+def test_sample_is_the_authors_llama_factory_rendering(tokenizer, templater):
+    """By default a sample is exactly LLaMA-Factory's qwen rendering: the chat template's text of the whole
+    conversation, ``...<|im_start|>assistant\n{output}<|im_end|>\n``, with the label on ``{output}<|im_end|>\n``
+    (format_assistant = "{{content}}<|im_end|>\n", efficient_eos=False); the newline is one supervised token."""
+    record = _record(7)
+    sample = templater.render(record)
+    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": record.input},
+            {"role": "assistant", "content": record.output}]
+    assert _decode(tokenizer, sample.input_ids) == tokenizer.apply_chat_template(msgs, tokenize=False)
+    newline = tokenizer.encode("\n", add_special_tokens=False)
+    assert templater.end_ids == [templater.end_of_turn_id, *newline] and len(newline) == 1
+    assert sample.input_ids[-2:] == templater.end_ids and sample.supervised[-2:] == [True, True]
+    plain = ChatTemplater(tokenizer, system_prompt=SYSTEM, supervise_eot_newline=False).render(record)
+    assert plain.input_ids == sample.input_ids[:-1] and plain.supervised == sample.supervised[:-1]
 
 
 def test_prompt_is_the_generation_prompt(tokenizer, templater):
@@ -84,10 +104,10 @@ def test_think_tags_are_single_supervised_tokens(tokenizer, templater):
 
 
 def test_end_of_turn_is_detected(tokenizer, templater):
-    """end_of_turn="auto" reads "<|im_end|>" off the ChatML template; the last supervised id is that token."""
+    """end_of_turn="auto" reads "<|im_end|>" off the ChatML template; the sample ends with it and the newline."""
     assert templater.end_of_turn == EOT
     assert templater.end_of_turn_id == tokenizer.convert_tokens_to_ids(EOT)
-    assert templater.render(_record(1)).input_ids[-1] == templater.end_of_turn_id
+    assert templater.render(_record(1)).input_ids[-2] == templater.end_of_turn_id
 
 
 @pytest.mark.parametrize("system", [None, ""])
@@ -99,7 +119,7 @@ def test_no_system_prompt_renders_no_system_message(tokenizer, system):
     assert "system" not in text and SYSTEM not in text
     assert text == _generation_prompt(tokenizer, record.input, None)
     assert text.startswith("<|im_start|>user\n")
-    assert _decode(tokenizer, response) == record.output + EOT
+    assert _decode(tokenizer, response) == record.output + END
 
 
 def test_thinking_template_supervises_think_exactly_once(thinking_tokenizer):
@@ -110,7 +130,7 @@ def test_thinking_template_supervises_think_exactly_once(thinking_tokenizer):
     assert record.output.startswith("<think>\n")
     sample = ChatTemplater(tok, system_prompt=SYSTEM).render(record)
     prompt, response = _split(sample)
-    assert _decode(tok, response) == record.output + EOT
+    assert _decode(tok, response) == record.output + END
     prompt_text = _decode(tok, prompt)
     assert not prompt_text.endswith("<think>\n")
     assert SYSTEM in prompt_text and record.input in prompt_text

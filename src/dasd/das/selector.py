@@ -206,7 +206,7 @@ class DivergenceSelector:
         if sample is not None and self._reuse_samples:  # the training sample is exactly what is scored
             n_prompt = len(sample.input_ids) - sample.num_supervised
             prompt = list(sample.input_ids[:n_prompt])
-            if list(sample.input_ids[n_prompt:]) != completion:
+            if list(sample.input_ids[n_prompt:n_prompt + len(completion)]) != completion:  # end tokens may follow
                 raise align.AlignmentError(f"{record.source} (uuid {record.uuid}): the offsets tokenization of "
                                            "the response differs from the training sample's")
         else:

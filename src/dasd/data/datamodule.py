@@ -4,10 +4,11 @@ filter → on-disk cache → select → pack → batch."""
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
@@ -17,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from dasd.data import cache
 from dasd.data.filters import FilterConfig, FilterInput, FilterReport, apply_filters, build_filters
 from dasd.data.packing import PackCollator, PackedDataset, PackingReport, pack_samples
-from dasd.data.records import Record
+from dasd.data.records import Record, decode_line, jsonl_lines, think_output
 from dasd.data.sampler import ResumableDataLoader, StepBatchSampler
 from dasd.data.selection import question_key
 from dasd.data.sources import SourceReport, TeacherRecord, iter_generated, iter_released, join_logprobs
@@ -28,12 +29,47 @@ from dasd.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-CACHE_VERSION = 2  # bump when the tokenized format or the rendering changes
+CACHE_VERSION = 3  # bump when the tokenized format or the rendering changes (3: "\n" after end-of-turn)
 SELECTED_FILE = "selected.jsonl"  # the selected records (no response text) of a cache entry
+
+
+TEMPERATURE_CHECKS = ("warn", "error", "off")
 
 
 def _record_of(item: TeacherRecord):
     return item.record
+
+
+@dataclass(frozen=True)
+class TemperatureCheck:
+    """The stage's temperature against the one each record says it was sampled at (``temperature``, else
+    ``meta.temperature``). mode: "warn" (once, with counts), "error" (stop) or "off"."""
+
+    expected: float
+    stage: str = ""
+    mode: str = "warn"
+
+    def __post_init__(self) -> None:
+        if self.mode not in TEMPERATURE_CHECKS:
+            raise ValueError(f"data.temperature_check must be one of {TEMPERATURE_CHECKS}, got {self.mode!r}")
+
+    def run(self, temperatures: dict[str, int], path: str) -> dict:
+        """Compare; warn or raise per ``mode``; the result for the data report. ``temperatures``: the read
+        report's counts ("0.6" / "unknown" -> records)."""
+        other = {t: n for t, n in temperatures.items()
+                 if t != "unknown" and not math.isclose(float(t), self.expected, abs_tol=1e-6)}
+        total, mismatched = sum(temperatures.values()), sum(other.values())
+        result = {"expected": self.expected, "mode": self.mode, "records": total, "mismatched": mismatched,
+                  "unknown": temperatures.get("unknown", 0), "temperatures": dict(temperatures)}
+        if mismatched and self.mode != "off":
+            at = (f"T={next(iter(other))}" if len(other) == 1 else
+                  "other temperatures (" + ", ".join(f"T={t}: {n}" for t, n in sorted(other.items())) + ")")
+            msg = (f"stage {self.stage} expects T={self.expected} but {mismatched} of {total} records were sampled "
+                   f"at {at} (data.path={path})")
+            if self.mode == "error":
+                raise ValueError(msg + "; set data.temperature_check=warn (or off) to train on them anyway")
+            log.warning("%s; data.temperature_check=error stops instead", msg)
+        return result
 
 
 def _selector_identity(selector) -> tuple:
@@ -65,6 +101,8 @@ class SFTDataModule(L.LightningDataModule):
         logprobs_path: the released ``...-Logprob`` Parquet; its rows are joined to the records by uuid,
             and missing joins are errors (or skipped and counted with on_error="skip").
         mask_student_prefix: mixed-policy records train only on the teacher continuation (``ChatTemplater``).
+        supervise_eot_newline: a "\n" after the end-of-turn token, supervised (``ChatTemplater``).
+        temperature_check: compare the stage's temperature with the records' (``TemperatureCheck``); None: no check.
 
     Each cache entry also lists its selected records without their responses (``selected.jsonl``: uuid,
     question, domain, meta, source, the response length in student tokens and a reference answer), which
@@ -76,18 +114,22 @@ class SFTDataModule(L.LightningDataModule):
                  end_of_turn: str = "auto", on_error: str = "raise", seed: int = 42,
                  max_samples: int | None = None, num_workers: int = 0, cache_dir: str | None = None,
                  num_proc: int = 1, filters: FilterConfig | None = None, source_format: str = "released",
-                 logprobs_path: str | None = None, mask_student_prefix: bool = False) -> None:
+                 logprobs_path: str | None = None, mask_student_prefix: bool = False,
+                 supervise_eot_newline: bool = True, temperature_check: TemperatureCheck | None = None) -> None:
         super().__init__()
         self._args = dict(path=path, tokenizer=tokenizer, selector=selector, cutoff_len=cutoff_len,
                           micro_batch_size=micro_batch_size, accumulate=accumulate, system_prompt=system_prompt,
                           end_of_turn=end_of_turn, on_error=on_error, seed=seed, max_samples=max_samples,
                           num_workers=num_workers, cache_dir=cache_dir, num_proc=num_proc, filters=filters,
                           source_format=source_format, logprobs_path=logprobs_path,
-                          mask_student_prefix=mask_student_prefix)  # what ``derive`` starts from
+                          mask_student_prefix=mask_student_prefix, supervise_eot_newline=supervise_eot_newline,
+                          temperature_check=temperature_check)  # what ``derive`` starts from
         self.path, self.tokenizer, self.selector = path, tokenizer, selector
         self.cutoff_len, self.micro_batch_size, self.accumulate = cutoff_len, micro_batch_size, accumulate
         self.templater = ChatTemplater(tokenizer, system_prompt=system_prompt, end_of_turn=end_of_turn,
-                                       mask_student_prefix=mask_student_prefix)
+                                       mask_student_prefix=mask_student_prefix,
+                                       supervise_eot_newline=supervise_eot_newline)
+        self.temperature_check, self.temperature_report = temperature_check, None
         self.on_error, self.seed, self.max_samples, self.num_workers = on_error, seed, max_samples, num_workers
         self.cache_dir, self.num_proc = cache_dir, num_proc
         if source_format not in ("released", "generated"):
@@ -115,7 +157,9 @@ class SFTDataModule(L.LightningDataModule):
             return Path(self._tmp.name) / "data"
         key = cache.cache_key(file=self._sha256(self.path), tokenizer=cache.tokenizer_fingerprint(self.tokenizer),
                               system_prompt=self.templater.system_prompt, end_of_turn=self.templater.end_of_turn,
-                              mask_student_prefix=self.templater.mask_student_prefix, selector=_selector_identity(self.selector),
+                              mask_student_prefix=self.templater.mask_student_prefix,
+                              supervise_eot_newline=self.templater.supervise_eot_newline,
+                              selector=_selector_identity(self.selector),
                               max_samples=self.max_samples, on_error=self.on_error, format=self.source_format,
                               filters=self.filter_cfg.to_dict() if self.filter_cfg else None,
                               logprobs=self._sha256(self.logprobs_path) if self.logprobs_path else None,
@@ -164,6 +208,9 @@ class SFTDataModule(L.LightningDataModule):
                              f"{report['filters']})")
         if read.skipped:
             log.warning("skipped records of %s: %s", self.path, dict(read.skipped))
+        if read.converted or read.with_logprobs:
+            log.info("%s: %d harmony outputs converted to <think> form, %d records with teacher token logprobs",
+                     self.path, read.converted, read.with_logprobs)
         if filters:
             log.info("filters: kept %d of %d (%s)", freport.kept, freport.total,
                      {n: st.dropped for n, st in freport.stats.items()})
@@ -171,7 +218,7 @@ class SFTDataModule(L.LightningDataModule):
             self.selector.write_artifacts(writer.tmp)
         references = [""] * len(selected)  # of the selected records only: their responses are read back once
         for i, row in iter_source_rows([r.source for r in selected]):
-            references[i] = reference_answer(row["output"], row.get("meta"))
+            references[i] = reference_answer(think_output(row["output"]), row.get("meta"))
         with (writer.tmp / SELECTED_FILE).open("w", encoding="utf-8") as f:
             for r, reference in zip(selected, references, strict=True):
                 f.write(json.dumps({"uuid": r.uuid, "question_key": question_key(r), "input": r.input,
@@ -210,6 +257,8 @@ class SFTDataModule(L.LightningDataModule):
         self.read_summary, self.join_summary = saved["read"], saved["logprob_join"]
         self.filter_report, self.filter_rows = saved["filters"], saved["filter_rows"]
         self.selection_report = saved["selection"]
+        if self.temperature_check is not None:  # on a cache hit too: the counts are in the saved read report
+            self.temperature_report = self.temperature_check.run(self.read_summary.get("temperatures", {}), self.path)
         self._pack(self.base_samples)
         log.info("data: %s | selection: %s | packing: %s", self.read_summary, self.selection_report,
                  self.packing_report.summary())
@@ -236,7 +285,7 @@ class SFTDataModule(L.LightningDataModule):
         from dasd.data.selection import KeepAllSelector
 
         args = {**self._args, "path": path, "source_format": source_format, "logprobs_path": None,
-                "selector": selector or KeepAllSelector(), "max_samples": None}
+                "selector": selector or KeepAllSelector(), "max_samples": None, "temperature_check": None}
         if prefiltered:
             args["filters"] = None
         return SFTDataModule(**args)
@@ -253,22 +302,32 @@ class SFTDataModule(L.LightningDataModule):
     def report(self) -> dict:
         """Counts of every stage of the pipeline (for the manifest and the logger)."""
         return {"read": self.read_summary, "logprob_join": self.join_summary, "filters": self.filter_report,
-                "selection": self.selection_report,
+                "selection": self.selection_report, "temperature": self.temperature_report,
                 "cache": self.cache_report, "extra": self.extra_report,
                 "packing": self.packing_report.summary() if self.packing_report else None}
 
-    def train_dataloader(self) -> ResumableDataLoader:
+    def batch_sampler(self) -> StepBatchSampler:
+        """This rank's batches of the current data (world, rank and DeepSpeed's full steps from the trainer)."""
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         full_steps = bool(trainer and trainer.strategy.handles_gradient_accumulation)  # DeepSpeed
-        sampler = StepBatchSampler([self.dataset.supervised_tokens(p) for p in range(len(self.dataset))],
-                                   self.micro_batch_size, self.accumulate, world, rank, self.seed,
-                                   full_steps=full_steps)
-        if trainer:  # a loader built at an epoch start (reload, resume) must not iterate in epoch 0's order:
-            sampler.set_epoch(trainer.current_epoch)  # Lightning prefetches before it calls set_epoch
+        return StepBatchSampler([self.dataset.supervised_tokens(p) for p in range(len(self.dataset))],
+                                self.micro_batch_size, self.accumulate, world, rank, self.seed, full_steps=full_steps)
+
+    def micro_batches_per_epoch(self) -> int:
+        """Micro-batches per epoch on each rank, without building a dataloader: the LR schedule is sized from
+        it before a resumed fit restores its data position (``dasd.training.module.planned_steps``)."""
+        return len(self.batch_sampler())
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        trainer = self.trainer
+        sampler = self.batch_sampler()
+        if trainer:  # a loader built at an epoch start (reload) must not iterate in epoch 0's order: Lightning
+            sampler.set_epoch(trainer.current_epoch)  # starts iterating it before it calls set_epoch
         if sampler.repeated:
-            log.warning("%d packs repeated to give each of %d ranks full micro-batches%s", sampler.repeated, world,
-                        f" and every optimizer step its {self.accumulate} micro-batches" if full_steps else "")
+            log.warning("%d packs repeated to give each of %d ranks full micro-batches%s", sampler.repeated,
+                        sampler.world, f" and every optimizer step its {self.accumulate} micro-batches"
+                        if trainer and trainer.strategy.handles_gradient_accumulation else "")
         progress = (lambda: (optimizer_steps(trainer), trainer.current_epoch)) if trainer else (lambda: (0, 0))
         return ResumableDataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
                                    collate_fn=PackCollator(self.tokenizer.pad_token_id), progress=progress,
@@ -276,10 +335,10 @@ class SFTDataModule(L.LightningDataModule):
 
 
 def response_tokens(templater: ChatTemplater, record: Record, sample: TokenizedSample) -> int:
-    """Student tokens of the record's response without the end-of-turn token, whatever the loss mask: the
-    supervised tokens less the end-of-turn, plus a mixed-policy record's student prefix when
+    """Student tokens of the record's response without the end tokens, whatever the loss mask: the
+    supervised tokens less the end tokens (``templater.end_ids``), plus a mixed-policy record's student prefix when
     ``mask_student_prefix`` leaves it unsupervised (tokenized on its own, as ``ChatTemplater.render`` does)."""
-    n = sample.num_supervised - 1
+    n = sample.num_supervised - len(templater.end_ids)
     if templater.mask_student_prefix:
         boundary = student_prefix_chars(record)
         if boundary is not None:
@@ -289,9 +348,9 @@ def response_tokens(templater: ChatTemplater, record: Record, sample: TokenizedS
 
 def iter_source_rows(sources: Sequence[str]) -> Iterator[tuple[int, dict]]:
     """``(i, row)`` for each ``sources[i]`` = ``file:line`` (``Record.source``): the JSON object on that line,
-    in file order, each file streamed once. Lines are counted in binary mode, split at ``b"\\n"`` only, as the
-    readers count them (``records.iter_jsonl``), so a ``\\r`` or a U+2028 inside a line never shifts them.
-    ValueError names the locations that are not in their file (was it changed?)."""
+    in file order, each file streamed once, by the readers' own line reader (``records.jsonl_lines``), so the
+    line numbers are the ones the records were read with. ValueError names the locations that are not in their
+    file (was it changed?)."""
     wanted: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
     for i, src in enumerate(sources):
         path, _, line = src.rpartition(":")
@@ -301,15 +360,14 @@ def iter_source_rows(sources: Sequence[str]) -> Iterator[tuple[int, dict]]:
     found: set[int] = set()
     for path, lines in wanted.items():
         last = max(lines)
-        with open(path, "rb") as f:
-            for n, raw in enumerate(f, start=1):
-                if n in lines:
-                    row = json.loads(raw)
-                    for i in lines[n]:
-                        found.add(i)
-                        yield i, row
-                if n >= last:
-                    break
+        for n, raw in jsonl_lines(path):
+            if n in lines:
+                row = decode_line(raw, path, n)
+                for i in lines[n]:
+                    found.add(i)
+                    yield i, row
+            if n >= last:
+                break
     missing = [sources[i] for i in range(len(sources)) if i not in found]
     if missing:
         raise ValueError(f"records not found at their source lines (was the file changed?): {missing[:5]}")

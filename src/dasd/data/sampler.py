@@ -3,6 +3,10 @@
 Each micro-batch carries the number of supervised tokens in its whole optimizer step (all gradient
 accumulation micro-batches on all data-parallel ranks), so the loss can be a token mean over the whole
 step (lessons §1.3). The order depends only on (seed, epoch); the loader can resume mid-epoch.
+
+Lightning calls ``set_epoch`` on ``loader.sampler`` and ``loader.batch_sampler.sampler`` only
+(``lightning.fabric.utilities.data._set_sampler_epoch``), never on the batch sampler itself, so the per-epoch
+order lives in ``StepBatchSampler.sampler`` (an ``EpochOrder``), where that call reaches it.
 """
 
 from __future__ import annotations
@@ -10,7 +14,26 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
+
+
+class EpochOrder(Sampler[int]):
+    """The order of ``n`` packs in one epoch: a permutation seeded by (seed, epoch), or index order."""
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.n))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)  # (seed, epoch) pairs never collide
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
 
 
 class StepBatchSampler:
@@ -33,7 +56,7 @@ class StepBatchSampler:
         self.pack_tokens = list(pack_tokens)
         self.micro, self.accumulate = micro_batch_size, accumulate
         self.world, self.rank, self.seed, self.shuffle = world_size, rank, seed, shuffle
-        self.epoch = 0
+        self.sampler = EpochOrder(len(self.pack_tokens), seed, shuffle)  # Lightning's set_epoch reaches it here
         self.batch_size = micro_batch_size  # packs per micro-batch (read by Lightning's DeepSpeed strategy)
         self._skip: tuple[int, int] | None = None  # (epoch, micro-batches already consumed)
         n, width = len(self.pack_tokens), micro_batch_size * world_size
@@ -42,20 +65,19 @@ class StepBatchSampler:
         else:
             self.repeated = (-n) % width if world_size > 1 else 0
 
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
 
     def skip(self, epoch: int, consumed: int) -> None:
         """On the next iteration over ``epoch``, skip its first ``consumed`` micro-batches (resume)."""
         self._skip = (epoch, consumed)
 
     def _global_order(self) -> list[int]:
-        n = len(self.pack_tokens)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)  # (seed, epoch) pairs never collide
-            order = torch.randperm(n, generator=g).tolist()
-        else:
-            order = list(range(n))
+        n, order = len(self.pack_tokens), list(self.sampler)
         return order + (order * -(-self.repeated // n))[: self.repeated] if self.repeated else order
 
     def _micro_steps(self) -> list[list[int]]:
@@ -93,6 +115,12 @@ class ResumableDataLoader(DataLoader):
     progress (``progress() -> (global_step, epoch)``), not from the iterator, which Lightning prefetches.
     ``base() -> (epoch, step)``: the epoch since which the data has its current size, and the step it began
     at (``(0, 0)`` unless samples were added between epochs).
+
+    The state is the next pass: ``{"epoch": e, "consumed": k}`` iterates epoch e's order from its k-th
+    micro-batch. A checkpoint at an epoch's end names the next epoch from its start, since the data of that
+    epoch may have another size (a mixed-policy round adds samples between epochs). Lightning loads the
+    state before it first iterates the resumed fit's loader (``_FitLoop.setup_data``), and ``set_epoch``
+    comes only after that first iteration began, so ``load_state_dict`` sets the epoch itself.
     """
 
     def __init__(self, *args, progress: Callable[[], tuple[int, int]],
@@ -105,7 +133,13 @@ class ResumableDataLoader(DataLoader):
         global_step, epoch = self._progress()
         epoch0, step0 = self._base()  # from epoch0 on (begun at step0) every epoch has this sampler's length
         steps_done = global_step - step0 - (epoch - epoch0) * sampler.steps_per_epoch
-        return {"epoch": epoch, "consumed": min(len(sampler), steps_done * sampler.accumulate)}
+        consumed = min(len(sampler), steps_done * sampler.accumulate)
+        return {"epoch": epoch + 1, "consumed": 0} if consumed >= len(sampler) else {"epoch": epoch, "consumed": consumed}
 
     def load_state_dict(self, state: dict) -> None:
-        self.batch_sampler.skip(state["epoch"], state["consumed"])
+        sampler: StepBatchSampler = self.batch_sampler
+        epoch, consumed = int(state["epoch"]), int(state["consumed"])
+        if consumed >= len(sampler):  # an epoch's end as checkpoints before the next-pass form recorded it
+            epoch, consumed = epoch + 1, 0
+        sampler.set_epoch(epoch)
+        sampler.skip(epoch, consumed)

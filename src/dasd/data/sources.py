@@ -1,17 +1,22 @@
 """Streaming readers for the three teacher sources, all yielding one type: ``TeacherRecord``.
 
-* ``iter_released``: the released SFT JSONL (spec §8.1), string fields uuid, input, output, domain, meta.
+* ``iter_released``: the released SFT JSONL (spec §8.1), string fields uuid, input, output, domain, meta, and
+  optionally the teacher's token_ids/logprobs, finish_reason and has_tool_call (used when present).
 * ``iter_generated``: shards written by generate.py (``pipeline.make_record``): the released fields plus
-  token_ids, logprobs, finish_reason, has_tool_call and provenance (kept in ``TeacherRecord.extra``).
+  token_ids, logprobs, finish_reason, has_tool_call (required) and provenance (kept in ``TeacherRecord.extra``).
 * ``iter_logprobs``: the released Logprob Parquet (spec §8.2), columns sample_uuid, token_ids (teacher
   tokenizer), logprobs; ``join_logprobs`` attaches its rows to records by ``uuid == sample_uuid``.
 
-Errors. Every problem is a ``SourceError`` (a ``RecordError``) naming ``file:line`` (JSONL, 1-based) or
+The two JSONL readers are ``records.iter_records`` (the project's one JSONL reader and record validation: BOM,
+UTF-8, JSON, fields, harmony conversion, duplicate uuids; see its module docstring).
+
+Errors. Every problem is a ``SourceError`` (= ``records.RecordError``) naming ``file:line`` (JSONL, 1-based) or
 ``file:row N`` (Parquet, 0-based row of the file), the field, and a ``reason`` (``schema``, ``json``,
 ``utf-8``, ``duplicate``, ``length_mismatch``, ``non_finite``, ``positive_logprob``,
-``negative_token_id``, ``missing_logprobs``, ``missing_record``). ``on_error="raise"`` stops at the first
-one; ``"skip"`` skips the item and counts it per reason in a ``SourceReport`` (pass one in to read it
-afterwards). A Parquet file missing a column or with a wrong column type always raises.
+``negative_token_id``, ``missing_logprobs``, ``missing_record``, ``logprob_conflict``). ``on_error="raise"``
+stops at the first one; ``"skip"`` skips the item and counts it per reason in a ``SourceReport``
+(= ``records.ReadReport``; pass one in to read it afterwards). A Parquet file missing a column or with a wrong
+column type always raises.
 
 Logprobs must be finite and <= ``POSITIVE_LOGPROB_TOLERANCE`` (1e-6): a log-probability is <= 0, and
 float32 log-softmax rounding can give values a few ulps above 0; those are kept as given, not clamped.
@@ -27,10 +32,9 @@ decode each row group once; records in random order may decode a row group per r
 
 from __future__ import annotations
 
-import json
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -38,74 +42,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dasd.data.records import ON_ERROR, REQUIRED_FIELDS, Record, RecordError, iter_jsonl
-from dasd.data.records import check_record as _check_released
+from dasd.data.records import (
+    POSITIVE_LOGPROB_TOLERANCE,
+    ReadReport,
+    RecordError,
+    TeacherRecord,
+    check_arrays,
+    check_on_error,
+    iter_records,
+)
 
-POSITIVE_LOGPROB_TOLERANCE = 1e-6
-FINISH_REASONS = ("stop", "length")
-GENERATED_FIELDS = ("token_ids", "logprobs", "finish_reason", "has_tool_call")
+SourceError = RecordError  # one error type for every input: file:line or file:row N, field, reason
+SourceReport = ReadReport  # one report type for every reader
 LOGPROB_COLUMNS = ("sample_uuid", "token_ids", "logprobs")
-MAX_EXAMPLES = 5
-
-
-class SourceError(RecordError):
-    """A bad item, located by file and line (JSONL), row (Parquet) or the file alone, with a field and a reason."""
-
-    def __init__(self, path: str | Path, where: int | None, field: str, problem: str, reason: str,
-                 unit: str = "line") -> None:
-        self.path, self.line, self.field, self.problem = str(path), where or 0, field, problem
-        self.reason, self.unit = reason, unit
-        loc = f"{path}" if where is None else f"{path}:{where}" if unit == "line" else f"{path}:row {where}"
-        ValueError.__init__(self, f"{loc}: field '{field}': {problem}")
-
-
-@dataclass(frozen=True, eq=False)
-class TeacherRecord:
-    """One teacher response, from any of the three sources.
-
-    record: the released fields and ``record.source`` = ``file:line``.
-    token_ids, logprobs: the sampled teacher tokens (teacher tokenizer) and the natural-log probability of
-        each, 1-D int64 / float64 arrays of equal length; None for released JSONL until ``join_logprobs``.
-    finish_reason ("stop"/"length") and has_tool_call: generated shards only, else None.
-    extra: every other field of a generated record (temperature, top_p, seed, model, logprob_mode,
-        question_id, sample_index, token_spans, ...) as parsed from JSON; empty for released records.
-    """
-
-    record: Record
-    token_ids: np.ndarray | None = None
-    logprobs: np.ndarray | None = None
-    finish_reason: str | None = None
-    has_tool_call: bool | None = None
-    extra: dict = field(default_factory=dict)
-
-
-@dataclass
-class SourceReport:
-    """What a reader kept and skipped: counts per skip reason and the first few messages of each."""
-
-    path: str
-    read: int = 0
-    kept: int = 0
-    skipped: Counter = field(default_factory=Counter)
-    examples: dict[str, list[str]] = field(default_factory=dict)
-    sha256: str = ""  # of the whole JSONL file, set once the iterator is exhausted
-
-    def skip(self, error: RecordError) -> None:
-        reason = getattr(error, "reason", "schema")
-        self.skipped[reason] += 1
-        examples = self.examples.setdefault(reason, [])
-        if len(examples) < MAX_EXAMPLES:
-            examples.append(str(error))
-
-    def summary(self) -> dict:
-        return {"path": self.path, "read": self.read, "kept": self.kept, "skipped": sum(self.skipped.values()),
-                "skip_reasons": dict(self.skipped), "examples": {k: list(v) for k, v in self.examples.items()},
-                "sha256": self.sha256}
-
-
-def _check_on_error(on_error: str) -> None:
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+__all__ = ["POSITIVE_LOGPROB_TOLERANCE", "SourceError", "SourceReport", "TeacherRecord", "iter_generated",
+           "iter_logprobs", "iter_released", "join_logprobs"]
 
 
 def _handle(error: SourceError, on_error: str, report: SourceReport) -> None:
@@ -114,124 +65,16 @@ def _handle(error: SourceError, on_error: str, report: SourceReport) -> None:
     report.skip(error)
 
 
-# ---------------------------------------------------------------- validation shared by JSONL and Parquet
-
-
-def _check_arrays(token_ids: np.ndarray, logprobs: np.ndarray, err: Callable[..., SourceError]) -> None:
-    """Equal lengths, non-negative token ids, finite logprobs <= POSITIVE_LOGPROB_TOLERANCE."""
-    if len(logprobs) != len(token_ids):
-        raise err("logprobs", f"{len(logprobs)} logprobs for {len(token_ids)} token_ids", "length_mismatch")
-    negative = np.flatnonzero(token_ids < 0)
-    if negative.size:
-        k = int(negative[0])
-        raise err("token_ids", f"negative token id {int(token_ids[k])} at position {k}", "negative_token_id")
-    bad = np.flatnonzero(~np.isfinite(logprobs))
-    if bad.size:
-        k = int(bad[0])
-        raise err("logprobs", f"non-finite logprob {logprobs[k]} at position {k}", "non_finite")
-    positive = np.flatnonzero(logprobs > POSITIVE_LOGPROB_TOLERANCE)
-    if positive.size:
-        k = int(positive[0])
-        raise err("logprobs", f"positive logprob {logprobs[k]} at position {k} (a log-probability is <= 0)",
-                  "positive_logprob")
-
-
-def _json_array(value: object, name: str, kinds: str, dtype: type, err: Callable[..., SourceError]) -> np.ndarray:
-    """A JSON list of numbers as a 1-D array; ``kinds`` are the numpy dtype kinds accepted."""
-    if not isinstance(value, list):
-        raise err(name, f"expected a list, got {type(value).__name__}", "schema")
-    if not value:
-        return np.zeros(0, dtype=dtype)
-    try:
-        arr = np.asarray(value)
-    except ValueError:
-        arr = np.zeros((0, 0))
-    if arr.ndim != 1 or arr.dtype.kind not in kinds:
-        what = "integers" if kinds == "iu" else "numbers"
-        raise err(name, f"expected a flat list of {what}", "schema")
-    return arr.astype(dtype, copy=False)
-
-
-# ---------------------------------------------------------------- JSONL sources
-
-
-def _decode(raw: bytes, path: Path, line: int) -> object:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SourceError(path, line, "<utf-8>", f"invalid UTF-8 bytes {raw[e.start:e.end]!r} at byte {e.start}",
-                          "utf-8") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SourceError(path, line, "<json>", f"malformed JSON ({e})", "json") from None
-
-
-def _released_record(obj: object, path: Path, line: int) -> Record:
-    """The 5 string fields (non-empty input/output), each encodable as UTF-8 (no lone surrogates)."""
-    try:
-        record = _check_released(obj, path, line)
-    except RecordError as e:
-        raise SourceError(path, line, e.field, e.problem, "schema") from None
-    for name in REQUIRED_FIELDS:
-        try:
-            obj[name].encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise SourceError(path, line, name, f"not valid Unicode (lone surrogate at character {e.start})",
-                              "utf-8") from None
-    return record
-
-
-def _parse_released(obj: object, path: Path, line: int) -> TeacherRecord:
-    return TeacherRecord(record=_released_record(obj, path, line))
-
-
-def _parse_generated(obj: object, path: Path, line: int) -> TeacherRecord:
-    """A generate.py record: the released fields plus the teacher's tokens, logprobs and flags."""
-    record = _released_record(obj, path, line)
-    err = partial(SourceError, path, line)
-    for name in GENERATED_FIELDS:
-        if name not in obj:
-            raise err(name, "missing", "schema")
-    token_ids = _json_array(obj["token_ids"], "token_ids", "iu", np.int64, err)
-    logprobs = _json_array(obj["logprobs"], "logprobs", "iuf", np.float64, err)
-    _check_arrays(token_ids, logprobs, err)
-    if obj["finish_reason"] not in FINISH_REASONS:
-        raise err("finish_reason", f"expected one of {FINISH_REASONS}, got {obj['finish_reason']!r}", "schema")
-    if not isinstance(obj["has_tool_call"], bool):
-        raise err("has_tool_call", f"expected a boolean, got {type(obj['has_tool_call']).__name__}", "schema")
-    extra = {k: v for k, v in obj.items() if k not in REQUIRED_FIELDS and k not in GENERATED_FIELDS}
-    return TeacherRecord(record, token_ids, logprobs, obj["finish_reason"], obj["has_tool_call"], extra)
-
-
-def _iter_jsonl(path: str | Path, parse: Callable[[object, Path, int], TeacherRecord], on_error: str,
-                report: SourceReport | None) -> Iterator[TeacherRecord]:
-    """Stream a JSONL file through ``parse`` (``records.iter_jsonl``); rejects duplicate uuids (keeps a set)."""
-    _check_on_error(on_error)
-    report = SourceReport(str(path)) if report is None else report
-    seen: set[str] = set()
-
-    def checked(obj: object, path: Path, line: int) -> TeacherRecord:
-        item = parse(obj, path, line)
-        if item.record.uuid in seen:
-            raise SourceError(path, line, "uuid", f"duplicate uuid {item.record.uuid!r} (seen on an earlier line)",
-                              "duplicate")
-        seen.add(item.record.uuid)
-        return item
-
-    return iter_jsonl(path, checked, on_error, report, decode=_decode)
-
-
 def iter_released(path: str | Path, on_error: str = "raise",
                   report: SourceReport | None = None) -> Iterator[TeacherRecord]:
-    """Stream a released SFT JSONL file (uuid, input, output, domain, meta; all strings)."""
-    return _iter_jsonl(path, _parse_released, on_error, report)
+    """Stream a released SFT JSONL file (uuid, input, output, domain, meta; optional token arrays and flags)."""
+    return iter_records(path, "released", on_error, report)
 
 
 def iter_generated(path: str | Path, on_error: str = "raise",
                    report: SourceReport | None = None) -> Iterator[TeacherRecord]:
     """Stream a generate.py shard: released fields + token_ids, logprobs, finish_reason, has_tool_call."""
-    return _iter_jsonl(path, _parse_generated, on_error, report)
+    return iter_records(path, "generated", on_error, report)
 
 
 # ---------------------------------------------------------------- Parquet logprobs
@@ -292,7 +135,7 @@ def _row(uuid: object, cols: tuple[_ListColumn, _ListColumn], i: int, row: int,
     if not isinstance(uuid, str) or not uuid:
         raise err("sample_uuid", "missing or empty", "schema")
     token_ids, logprobs = cols[0].row(i, "token_ids", err), cols[1].row(i, "logprobs", err)
-    _check_arrays(token_ids, logprobs, err)
+    check_arrays(token_ids, logprobs, err)
     return uuid, token_ids, logprobs
 
 
@@ -303,7 +146,7 @@ def iter_logprobs(path: str | Path, on_error: str = "raise", report: SourceRepor
     token_ids are int64, logprobs float64 (own copies); ``row`` is the 0-based row in the file.
     Duplicate sample_uuids are rejected (a set of the uuids seen is kept).
     """
-    _check_on_error(on_error)
+    check_on_error(on_error)
     pf, path = _open_parquet(path), Path(path)
     report = SourceReport(str(path)) if report is None else report
     seen: set[str] = set()
@@ -401,15 +244,30 @@ def _missing_logprobs(item: TeacherRecord, logprob_path: Path) -> SourceError:
     return SourceError(logprob_path, None, "uuid", problem, "missing_logprobs", unit="file")
 
 
+def _check_inline(item: TeacherRecord, row: tuple[str, np.ndarray, np.ndarray], logprob_path: Path) -> None:
+    """A record that carries its own token_ids/logprobs must agree with its Parquet row (logprobs to float32
+    precision): two different answers to "what did the teacher sample" are an error, not a silent choice."""
+    if item.token_ids is None:
+        return
+    same = np.array_equal(item.token_ids, row[1]) and len(item.logprobs) == len(row[2]) and \
+        np.allclose(item.logprobs, row[2], rtol=1e-6, atol=1e-6)
+    if not same:
+        src, _, line = item.record.source.rpartition(":")
+        raise SourceError(src or logprob_path, int(line) if line.isdigit() else None, "token_ids",
+                          f"the record's own token_ids/logprobs differ from the row with sample_uuid "
+                          f"{item.record.uuid!r} in {logprob_path}: give them in one place", "logprob_conflict")
+
+
 def join_logprobs(records: Iterable[TeacherRecord], logprob_path: str | Path, on_error: str = "raise",
                   report: SourceReport | None = None, cache_row_groups: int = 2) -> Iterator[TeacherRecord]:
     """Attach the Parquet row with ``sample_uuid == record.uuid`` to each record (token_ids, logprobs).
 
-    A record without a row (``missing_logprobs``) or whose row is invalid is skipped or raises; once the
-    records are exhausted, each row no record asked for is a ``missing_record`` (named by file:row).
-    The report counts records (read/kept) and the rows' problems; see the module docstring for memory.
+    A record without a row (``missing_logprobs``), whose row is invalid, or whose own token_ids/logprobs differ
+    from its row (``logprob_conflict``) is skipped or raises; once the records are exhausted, each row no record
+    asked for is a ``missing_record`` (named by file:row). The report counts records (read/kept) and the rows'
+    problems; see the module docstring for memory.
     """
-    _check_on_error(on_error)
+    check_on_error(on_error)
     logprob_path = Path(logprob_path)
     report = SourceReport(str(logprob_path)) if report is None else report
     index = _LogprobIndex(logprob_path, on_error, report, cache_row_groups)
@@ -419,6 +277,7 @@ def join_logprobs(records: Iterable[TeacherRecord], logprob_path: str | Path, on
             row = index.fetch(item.record.uuid)
             if row is None:
                 raise _missing_logprobs(item, logprob_path)
+            _check_inline(item, row, logprob_path)
         except SourceError as e:
             _handle(e, on_error, report)
             continue

@@ -1,9 +1,12 @@
 """Chat templating and the loss mask (spec §4.2).
 
 A sample is rendered with the student's own chat template up to the assistant header (system prompt +
-question), then the teacher response is appended **verbatim** followed by the end-of-turn token. Only
-the response and the end-of-turn token are supervised. The response never passes through the template,
-so no template can strip, split or re-wrap ``<think>`` (lessons §4.5).
+question), then the teacher response is appended **verbatim** followed by the end-of-turn token and, with
+``supervise_eot_newline`` (the default), a newline. Only the response and these end tokens are supervised:
+``{output}<|im_end|>\n`` for Qwen, what the authors' LLaMA-Factory ``qwen``/``qwen3`` templates supervise
+(``format_assistant = "{{content}}<|im_end|>\n"``, ``efficient_eos=False``: the whole assistant slot is the
+label). The response never passes through the template, so no template can strip, split or re-wrap
+``<think>`` (lessons §4.5).
 
 Mixed-policy samples (spec §7) carry ``meta.student_prefix_chars`` = b: ``output[:b]`` was written by the
 student, ``output[b:]`` by the teacher. They are tokenized as ``encode(output[:b]) + encode(output[b:])`` so
@@ -48,10 +51,13 @@ class ChatTemplater:
         system_prompt: inserted as the system message of every sample ("" or None: no system message).
         end_of_turn: the token closing the assistant turn; "auto" reads it off the chat template.
         mask_student_prefix: mixed-policy samples train only on the teacher continuation (spec §7.9 "mask").
+        supervise_eot_newline: append (and supervise) "\n" after the end-of-turn token, as LLaMA-Factory's
+            ChatML templates do; False ends the sample at the end-of-turn token.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, system_prompt: str | None = "You are a helpful assistant.",
-                 end_of_turn: str = "auto", mask_student_prefix: bool = False) -> None:
+                 end_of_turn: str = "auto", mask_student_prefix: bool = False,
+                 supervise_eot_newline: bool = True) -> None:
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no chat_template")
         self.tokenizer = tokenizer
@@ -62,6 +68,9 @@ class ChatTemplater:
         if len(ids) != 1:
             raise ValueError(f"end-of-turn {self.end_of_turn!r} is {len(ids)} tokens; expected one token")
         self.end_of_turn_id = ids[0]
+        self.supervise_eot_newline = supervise_eot_newline
+        newline = tokenizer.encode("\n", add_special_tokens=False) if supervise_eot_newline else []
+        self.end_ids: list[int] = [self.end_of_turn_id, *newline]  # supervised after every response
 
     def _messages(self, question: str) -> list[dict]:
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
@@ -118,19 +127,19 @@ class ChatTemplater:
         return ids + (self.tokenizer.encode(lead, add_special_tokens=False) if lead else []), lead
 
     def render(self, record: Record) -> TokenizedSample:
-        """Tokenize one record: prompt (not supervised) + response + end-of-turn (supervised)."""
+        """Tokenize one record: prompt (not supervised) + response + end tokens (supervised)."""
         prompt = self.prompt_text(record.input, record.output)
         prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
         boundary = student_prefix_chars(record)
         if boundary is None:
             response_ids = self.tokenizer.encode(record.output, add_special_tokens=False)
-            supervised = [True] * (len(response_ids) + 1)
+            supervised = [True] * (len(response_ids) + len(self.end_ids))
         else:
             student = self.tokenizer.encode(record.output[:boundary], add_special_tokens=False)
             teacher = self.tokenizer.encode(record.output[boundary:], add_special_tokens=False)
             response_ids = student + teacher
-            supervised = [not self.mask_student_prefix] * len(student) + [True] * (len(teacher) + 1)
-        return TokenizedSample(input_ids=prompt_ids + response_ids + [self.end_of_turn_id],
+            supervised = [not self.mask_student_prefix] * len(student) + [True] * (len(teacher) + len(self.end_ids))
+        return TokenizedSample(input_ids=prompt_ids + response_ids + self.end_ids,
                                supervised=[False] * len(prompt_ids) + supervised, uuid=record.uuid)
 
 

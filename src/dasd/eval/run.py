@@ -23,10 +23,13 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from dasd.config_checks import check_evaluate
 from dasd.generation.engine import Engine, Request, SamplingConfig
 from dasd.training.loggers import resolve_wandb_mode
 from dasd.utils.logging import get_logger
-from dasd.utils.run import Manifest, config_hash, git_revision, versions
+from dasd.utils.run import Manifest, config_hash, git_revision, versions, write_json
+from dasd.utils.runlock import run_lock
+from dasd.utils.secrets import refuse_secrets
 
 log = get_logger(__name__)
 CI_METHOD = "percentile bootstrap over questions (95%, seed 0)"
@@ -182,8 +185,10 @@ def _resume(run_dir: Path, key: str, items: list, enabled: bool, overwrite: bool
                          "or overwrite=true to replace them")
     current = {it.id: item_hash(it) for it in items}
     rows = [r for r in previous if current.get(r["id"]) == r.get("qhash")] if enabled and old == key else []
-    results.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    key_file.write_text(json.dumps({"key": key}))
+    tmp = results.with_name(".results.jsonl.tmp")  # renamed into place: a kill never leaves half the file
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    tmp.replace(results)
+    write_json(key_file, {"key": key})
     for stale in ("summary.json", "eval_summary.png"):  # they describe the old rows until this run ends
         (run_dir / stale).unlink(missing_ok=True)
     return rows
@@ -209,11 +214,18 @@ def _log_wandb(cfg: DictConfig, run_dir: Path, task: str, summary: dict, rows: l
 def evaluate(cfg: DictConfig) -> dict:
     """Generate k samples per question, grade them, write ``results.jsonl``, ``summary.json``,
     ``eval_summary.png`` and the manifest into the run dir, and log the summary (W&B). Returns the summary."""
+    check_evaluate(cfg)  # bad values stop here, before anything is loaded or written (dasd.config_checks)
+    with run_lock(cfg.paths.run_dir, "evaluate"):  # one process per run dir (dasd.utils.runlock)
+        return _evaluate(cfg)
+
+
+def _evaluate(cfg: DictConfig) -> dict:
     from dasd.eval.tasks import load_task
 
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True)
+    refuse_secrets(config)  # before anything is written (the CLI also checks it, before Hydra writes .hydra/)
     task, k = cfg.task.name, int(cfg.k)
     sampling = SamplingConfig(n=k, temperature=float(cfg.sampling.temperature),
                               top_p=float(cfg.sampling.top_p), max_tokens=int(cfg.sampling.max_tokens),
@@ -233,9 +245,10 @@ def evaluate(cfg: DictConfig) -> dict:
     log.info("evaluating %s on %s: %d questions x k=%d, T=%.1f, top_p=%.1f, max_tokens=%d (%d already done)",
              cfg.model, task, len(items), k, sampling.temperature, sampling.top_p, sampling.max_tokens,
              len(done))
-    t0, new_tokens = time.perf_counter(), 0
+    t0, new_tokens, sent = time.perf_counter(), 0, None
     if todo:
         engine = instantiate(cfg.engine)
+        sent = engine.sampling_args(sampling)  # what the engine (or server) is sent: recorded in the manifest
         try:
             kwargs = OmegaConf.to_container(cfg.chat_template_kwargs, resolve=True)
             for a in range(0, len(todo), int(cfg.batch_size)):
@@ -266,7 +279,7 @@ def evaluate(cfg: DictConfig) -> dict:
     (run_dir / "summary.json").write_text(json.dumps({**summary, "config": config, "versions": versions()},
                                                      indent=2, default=str))
     Manifest(run_dir / "manifest.json").update(
-        status="completed", kind="evaluate", config=config, summary=summary, versions=versions(),
+        status="completed", kind="evaluate", config=config, summary=summary, sampling_sent=sent, versions=versions(),
         git=git_revision(Path(__file__).parent), finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         outputs={"results": str(run_dir / "results.jsonl"), "summary": str(run_dir / "summary.json"),
                  "figure": str(png)})

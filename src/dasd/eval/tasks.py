@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from dasd.data.records import ON_ERROR, RecordError
+from dasd.data.records import ON_ERROR, RecordError, decode_line, jsonl_lines
 
 TASKS = ("aime24", "aime25", "gpqa_diamond", "records")
 GRADERS = ("math", "choice", "exact")
@@ -90,19 +90,13 @@ class _Loc:
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[_Loc, object]]:
-    row = 0
-    with path.open("rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            row += 1
-            loc = _Loc(str(path), str(line_no), line_no, row)
-            try:
-                yield loc, json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                yield loc, loc.error("<utf-8>", f"invalid UTF-8 at byte {e.start}")
-            except json.JSONDecodeError as e:
-                yield loc, loc.error("<json>", f"malformed JSON ({e})")
+    """The project's one JSONL reader (``records.jsonl_lines`` / ``decode_line``), items located as tasks do."""
+    for row, (line_no, raw) in enumerate(jsonl_lines(path, what="task file"), start=1):
+        loc = _Loc(str(path), str(line_no), line_no, row)
+        try:
+            yield loc, decode_line(raw, path, line_no)
+        except RecordError as e:
+            yield loc, loc.error(e.field, e.problem)
 
 
 def _read_text(path: Path) -> str:

@@ -19,7 +19,12 @@ FINISH_REASONS = ("stop", "length")
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How to sample. ``seed``: base seed; request i gets ``seed + i`` unless it carries its own seed."""
+    """How to sample. ``seed``: base seed; request i gets ``seed + i`` unless it carries its own seed.
+
+    Every engine applies every field, explicitly: a server (vLLM, SGLang) or an HF model would otherwise fill
+    in the model's generation_config defaults (Qwen3: top_k=20). The defaults are neutral: ``top_k=0`` (off:
+    the whole vocabulary), ``min_p=0`` (off), ``repetition_penalty=1`` (off).
+    """
 
     n: int = 1
     temperature: float = 1.0
@@ -28,12 +33,18 @@ class SamplingConfig:
     seed: int | None = 0
     stop: tuple[str, ...] = ()
     logprob_mode: str = "raw"
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.max_tokens < 1:
             raise ValueError(f"sampling: n ({self.n}) and max_tokens ({self.max_tokens}) must be >= 1")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"sampling: temperature {self.temperature} must be >= 0 and top_p {self.top_p} in (0, 1]")
+        if self.top_k < 0 or not 0 <= self.min_p <= 1 or self.repetition_penalty <= 0:
+            raise ValueError(f"sampling: top_k {self.top_k} must be >= 0 (0: off), min_p {self.min_p} in [0, 1] "
+                             f"(0: off) and repetition_penalty {self.repetition_penalty} > 0 (1: off)")
         if self.logprob_mode not in LOGPROB_MODES:
             raise ValueError(f"sampling.logprob_mode must be one of {LOGPROB_MODES}, got {self.logprob_mode!r}")
 
@@ -111,6 +122,10 @@ class Engine(ABC):
     def score_batch(self, items: list[tuple[list[int], list[int]]]) -> list[list[float]]:
         """``score`` for many (prompt, completion) pairs; engines that batch (vLLM) override it."""
         return [self.score(prompt, completion) for prompt, completion in items]
+
+    def sampling_args(self, sampling: SamplingConfig) -> dict:
+        """The sampling parameters this engine hands its backend for ``sampling`` (recorded in run manifests)."""
+        return dict(sampling.__dict__)
 
     def close(self) -> None:  # noqa: B027 (optional hook: engines without resources keep the default)
         """Release the model (memory, processes)."""

@@ -54,19 +54,25 @@ class HFEngine(Engine):
                       max_tokens: int) -> list[Sample]:
         if seed is not None:
             torch.manual_seed(seed)
-        greedy = sampling.temperature == 0
         out = self.model.generate(
-            torch.tensor([prompt], device=self.device), do_sample=not greedy, max_new_tokens=max_tokens,
-            temperature=None if greedy else sampling.temperature, top_p=None if greedy else sampling.top_p,
-            top_k=None, num_return_sequences=sampling.n, return_dict_in_generate=True, output_logits=True,
-            output_scores=True, stop_strings=list(sampling.stop) or None, tokenizer=self.tokenizer,
-            eos_token_id=sorted(self._stop_ids), pad_token_id=self.tokenizer.pad_token_id,
-            use_cache=True)
+            torch.tensor([prompt], device=self.device), max_new_tokens=max_tokens, **self.sampling_args(sampling),
+            return_dict_in_generate=True, output_logits=True, output_scores=True, tokenizer=self.tokenizer,
+            eos_token_id=sorted(self._stop_ids), pad_token_id=self.tokenizer.pad_token_id, use_cache=True)
         steps = out.logits if sampling.logprob_mode == "raw" else out.scores  # per step: [n, vocab]
         logprobs_NS = torch.stack([torch.log_softmax(s.float(), dim=-1) for s in steps], dim=1)  # [n, S, V]
         new_NS = out.sequences[:, len(prompt):]
         token_lp = logprobs_NS.gather(-1, new_NS.unsqueeze(-1)).squeeze(-1)
         return [self._sample(prompt, new_NS[i].tolist(), token_lp[i].tolist(), sampling) for i in range(sampling.n)]
+
+    def sampling_args(self, sampling: SamplingConfig) -> dict:
+        """``generate`` keyword arguments: every parameter explicit, so the model's generation_config (e.g.
+        Qwen3's top_k=20) adds nothing. Greedy (temperature 0) takes no sampling warpers."""
+        greedy = sampling.temperature == 0
+        warpers = {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
+                   "min_p": sampling.min_p}
+        return {"do_sample": not greedy, **{k: None if greedy else v for k, v in warpers.items()},
+                "repetition_penalty": sampling.repetition_penalty, "num_return_sequences": sampling.n,
+                "stop_strings": list(sampling.stop) or None}
 
     def _sample(self, prompt: list[int], ids: list[int], lps: list[float], sampling: SamplingConfig) -> Sample:
         """Cut a returned row at its end (EOS or stop string; later positions are padding)."""

@@ -56,32 +56,77 @@ def _convert(sample: Sample, fmt: TeacherFormat, tokenizer) -> tuple[str, dict]:
     raise ValueError(f"teacher.format must be plain or harmony, got {fmt.kind!r}")
 
 
+def question_hash(q: Question) -> str:
+    """A question as asked (id, text, domain, meta): a stored sample counts only for the question it answers."""
+    body = json.dumps([q.id, q.input, q.domain, q.meta], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def shard_settings(model: str, sampling: SamplingConfig, seed: int, fmt: TeacherFormat,
+                   engine: dict | None = None) -> dict:
+    """Everything besides its question that determines a sample: a rerun reuses finished samples only when these
+    are equal (``ShardWriter.claim``). ``engine``: what else identifies the teacher (its engine config, weights)."""
+    knobs = {k: list(v) if k == "stop" else v for k, v in sampling.__dict__.items() if k not in ("n", "seed")}
+    return {"model": model, "seed": seed, "sampling": knobs,
+            "format": {"kind": fmt.kind, "system_prompt": fmt.system_prompt,
+                       "chat_template_kwargs": fmt.chat_template_kwargs}, "engine": engine}
+
+
 def make_record(q: Question, k: int, sample: Sample, seed: int, sampling: SamplingConfig, model: str,
                 fmt: TeacherFormat, tokenizer) -> dict:
     """A record in the released format (uuid, input, output, domain, meta) plus the teacher fields."""
     output, flags = _convert(sample, fmt, tokenizer)
-    meta = {**q.meta, "question_id": q.id, "sample_index": k, "teacher": model,
-            "temperature": sampling.temperature, "top_p": sampling.top_p, "seed": seed,
+    knobs = {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
+             "min_p": sampling.min_p, "repetition_penalty": sampling.repetition_penalty}
+    meta = {**q.meta, "question_id": q.id, "sample_index": k, "teacher": model, **knobs, "seed": seed,
             "finish_reason": sample.finish_reason, "logprob_mode": sample.logprob_mode}
     return {"uuid": str(uuid.uuid5(OUTPUT_NAMESPACE, f"{q.id}/{k}/{sampling.temperature}/{model}")),
             "input": q.input, "output": output, "domain": q.domain, "meta": json.dumps(meta),
-            "question_id": q.id, "sample_index": k, "model": model, "temperature": sampling.temperature,
-            "top_p": sampling.top_p, "seed": seed, "max_tokens": sampling.max_tokens,
+            "question_id": q.id, "question_hash": question_hash(q), "sample_index": k, "model": model, **knobs,
+            "seed": seed, "max_tokens": sampling.max_tokens,
             "finish_reason": sample.finish_reason, "logprob_mode": sample.logprob_mode,
             "prompt_token_ids": sample.prompt_token_ids, "token_ids": sample.token_ids,
             "logprobs": sample.logprobs, "format": fmt.kind, **flags}
 
 
+def finished_pairs(writer: ShardWriter, questions: list[Question], samples_per_question: int,
+                   overwrite: bool = False) -> set[tuple[str, int]]:
+    """The (question, sample) pairs already written, each for a question and sample this run asks for; a stored
+    sample of any other (another questions file, fewer questions or samples) stops the run: never mixed in
+    (``overwrite``: the shard's samples are deleted instead)."""
+    wanted = {(q.id, k): question_hash(q) for q in questions for k in range(samples_per_question)}
+    done, stray = set(), []
+    for r in writer.rows():
+        key = (r["question_id"], r["sample_index"])
+        if wanted.get(key) == r.get("question_hash"):
+            done.add(key)
+        else:
+            stray.append(key)
+    if stray and overwrite:
+        writer.clear()
+        return set()
+    if stray:
+        raise ValueError(f"{writer.final.parent} holds {len(stray)} samples of questions this run does not ask as "
+                         f"they were asked (e.g. question {stray[0][0]!r}, sample {stray[0][1]}): another questions "
+                         "file, fewer questions (max_questions) or samples_per_question, or changed question "
+                         "text. Choose another output_dir (or run_name), or overwrite=true to replace them")
+    return done
+
+
 def generate_shard(engine: Engine, questions: list[Question], writer: ShardWriter, *, samples_per_question: int,
                    sampling: SamplingConfig, seed: int, fmt: TeacherFormat, batch_size: int = 64,
                    progress: bool = True) -> dict:
-    """Sample every missing (question, sample) pair of this shard; returns counts for the run summary."""
-    done = writer.done_keys()
+    """Sample every missing (question, sample) pair of this shard; returns counts for the run summary. Finished
+    samples are reused only under the same settings (``shard_settings``; a writer not yet claimed is claimed
+    with them here) and for the same questions."""
+    one = SamplingConfig(**{**sampling.__dict__, "n": 1})
+    if writer.settings is None:
+        writer.claim(shard_settings(engine.model_name, one, seed, fmt))
+    done = finished_pairs(writer, questions, samples_per_question)
     todo = [(q, k) for q in questions for k in range(samples_per_question) if (q.id, k) not in done]
     system = [{"role": "system", "content": fmt.system_prompt}] if fmt.system_prompt else []
     bar = tqdm(total=len(todo), desc="generate", unit="sample", disable=not progress)
     tokens, start = 0, time.perf_counter()
-    one = SamplingConfig(**{**sampling.__dict__, "n": 1})
     for b in range(0, len(todo), batch_size):
         batch = todo[b:b + batch_size]
         seeds = [sample_seed(seed, q.id, k) for q, k in batch]

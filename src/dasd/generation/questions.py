@@ -1,7 +1,8 @@
 """Reading questions for generation: JSONL with ``input`` (required), ``id`` or ``uuid``, ``domain``, ``meta``.
 
-Released SFT records are valid question files too (their ``uuid`` becomes the question id). Errors name
-``file:line`` and the field; ``on_error="skip"`` skips, counts and reports them instead.
+Released SFT records are valid question files too (their ``uuid`` becomes the question id). Read by the
+project's one JSONL reader (``records.read_jsonl``: UTF-8 BOM, UTF-8 and JSON handled as for training data).
+Errors name ``file:line`` and the field; ``on_error="skip"`` skips, counts and reports them instead.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def read_questions(path: str | Path, on_error: str = "raise") -> tuple[list[Ques
     def parse(obj: object, path: Path, line: int) -> Question:
         q = _question(obj, path, line)
         if q.id in seen:
-            raise RecordError(path, line, "id", f"duplicate id {q.id!r} (first at line {seen[q.id]})")
+            raise RecordError(path, line, "id", f"duplicate id {q.id!r} (first at line {seen[q.id]})", "duplicate")
         seen[q.id] = line
         return q
 

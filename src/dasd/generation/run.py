@@ -9,16 +9,37 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from dasd.config_checks import check_generate
+from dasd.das.scores import model_fingerprint
 from dasd.generation.engine import SamplingConfig
-from dasd.generation.pipeline import TeacherFormat, generate_shard, shard_questions, summarize
+from dasd.generation.pipeline import (
+    TeacherFormat,
+    finished_pairs,
+    generate_shard,
+    shard_questions,
+    shard_settings,
+    summarize,
+)
 from dasd.generation.questions import read_questions
 from dasd.generation.shards import ShardWriter
 from dasd.training.loggers import resolve_wandb_mode
 from dasd.utils.logging import get_logger
 from dasd.utils.plots import plot_generation_summary
 from dasd.utils.run import Manifest, git_revision, versions
+from dasd.utils.runlock import run_lock
+from dasd.utils.secrets import refuse_secrets
 
 log = get_logger(__name__)
+
+# engine config keys that set where and how fast the teacher runs, not what it samples: a resume may change them
+ENGINE_RUNTIME_KEYS = ("base_url", "api_key_env", "max_concurrency", "timeout", "max_retries", "device",
+                       "score_chunk_size", "gpu_memory_utilization", "max_num_batched_tokens", "enforce_eager")
+
+
+def teacher_identity(engine: dict) -> dict:
+    """The engine config without ``ENGINE_RUNTIME_KEYS``, plus the fingerprint of the model's weights."""
+    core = {k: v for k, v in engine.items() if k not in ENGINE_RUNTIME_KEYS}
+    return {**core, "weights": model_fingerprint(str(engine["model"]))}
 
 
 def _log_wandb(cfg: DictConfig, run_dir: Path, summary: dict, png: Path, config: dict) -> None:
@@ -39,22 +60,38 @@ def _log_wandb(cfg: DictConfig, run_dir: Path, summary: dict, png: Path, config:
 
 def generate(cfg: DictConfig) -> dict:
     """Sample this shard's candidates; write records, a summary JSON, histograms (PNG) and the manifest."""
+    check_generate(cfg)  # bad values stop here, before anything is loaded or written (dasd.config_checks)
+    with run_lock(cfg.paths.run_dir, "generate"):  # one process per run dir (dasd.utils.runlock)
+        return _generate(cfg)
+
+
+def _generate(cfg: DictConfig) -> dict:
     run_dir, out_dir = Path(cfg.paths.run_dir), Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True)
+    refuse_secrets(config)  # before anything is written (the CLI also checks it, before Hydra writes .hydra/)
     sampling = SamplingConfig(temperature=float(cfg.sampling.temperature), top_p=cfg.sampling.top_p,
                               max_tokens=cfg.sampling.max_tokens, stop=tuple(cfg.sampling.stop),
-                              logprob_mode=cfg.sampling.logprob_mode)
+                              logprob_mode=cfg.sampling.logprob_mode, top_k=cfg.sampling.top_k,
+                              min_p=cfg.sampling.min_p, repetition_penalty=cfg.sampling.repetition_penalty)
     questions, report = read_questions(cfg.questions, on_error=cfg.on_error)
-    for skip in report.skipped:
+    for skip in report.messages():  # the first few of each reason; report.skipped counts them all
         log.warning("skipped question: %s", skip)
+    if report.skipped:
+        log.warning("skipped %d questions: %s", sum(report.skipped.values()), dict(report.skipped))
     if cfg.max_questions is not None:
         questions = questions[: cfg.max_questions]
     mine = shard_questions(questions, cfg.shard.index, cfg.shard.count)
     writer = ShardWriter(out_dir, cfg.shard.index, cfg.shard.count)
     fmt = TeacherFormat(kind=cfg.teacher.format, system_prompt=cfg.teacher.system_prompt,
                         chat_template_kwargs=OmegaConf.to_container(cfg.teacher.chat_template_kwargs))
+    one = SamplingConfig(**{**sampling.__dict__, "n": 1})  # what generate_shard samples with
+    overwrite = bool(cfg.get("overwrite", False))  # before the teacher loads: other settings refused in seconds
+    writer.claim(shard_settings(str(cfg.engine.model), one, cfg.seed, fmt, teacher_identity(config["engine"])),
+                 overwrite=overwrite)
+    finished_pairs(writer, mine, cfg.samples_per_question, overwrite=overwrite)  # samples of other questions
     engine = instantiate(cfg.engine)
+    sent = engine.sampling_args(one)
     try:
         counts = generate_shard(engine, mine, writer, samples_per_question=cfg.samples_per_question,
                                 sampling=sampling, seed=cfg.seed, fmt=fmt, batch_size=cfg.batch_size,
@@ -70,7 +107,8 @@ def generate(cfg: DictConfig) -> dict:
     (run_dir / "generation_summary.json").write_text(json.dumps({**plain, **counts}, indent=2))
     Manifest(run_dir / "manifest.json").update(
         status="completed", kind="generate", config=config, questions=report.summary(), counts=counts,
-        summary=plain, output=str(shard_file), versions=versions(), git=git_revision(Path(__file__).parent),
+        summary=plain, output=str(shard_file), settings=writer.settings, sampling_sent=sent, versions=versions(),
+        git=git_revision(Path(__file__).parent),
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     _log_wandb(cfg, run_dir, summary, png, config)
     log.info("wrote %s: %s", shard_file, plain)

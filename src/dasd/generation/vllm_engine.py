@@ -84,10 +84,17 @@ class VLLMEngine(Engine):
                             **extra, **llm_kwargs)
         self._vllm = vllm
 
+    def sampling_args(self, sampling: SamplingConfig) -> dict:
+        """``SamplingParams`` fields, every one explicit; top_k off (0) is -1, which every vLLM reads as off
+        (old ones reject 0)."""
+        return {"n": sampling.n, "temperature": sampling.temperature, "top_p": sampling.top_p,
+                "top_k": sampling.top_k or -1, "min_p": sampling.min_p,
+                "repetition_penalty": sampling.repetition_penalty, "presence_penalty": 0.0,
+                "frequency_penalty": 0.0, "stop": list(sampling.stop) or None}
+
     def _params(self, sampling: SamplingConfig, seed: int | None, max_tokens: int):
-        return self._vllm.SamplingParams(
-            n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=max_tokens,
-            seed=seed, stop=list(sampling.stop) or None, include_stop_str_in_output=True, logprobs=0)
+        return self._vllm.SamplingParams(**self.sampling_args(sampling), max_tokens=max_tokens, seed=seed,
+                                         include_stop_str_in_output=True, logprobs=0)
 
     def generate(self, requests: list[Request], sampling: SamplingConfig) -> list[list[Sample]]:
         if sampling.logprob_mode != self.logprob_mode:

@@ -26,6 +26,7 @@ from dasd.das.scores import model_fingerprint
 from dasd.mixed.report import plot_round
 from dasd.mixed.revise import PHASES, RoundPaths, read_jsonl, run_phase, spec_hash, write_jsonl
 from dasd.utils.logging import get_logger
+from dasd.utils.secrets import refuse_secrets
 
 log = get_logger(__name__)
 
@@ -48,6 +49,8 @@ def build_spec(settings: dict, *, round_index: int, student_model: str, system_p
     its own seed, and the training hash ignores it too, so a resume that changes it keeps the finished
     round."""
     s, t = settings["student"], settings["teacher"]
+    for role, part in (("student", s), ("teacher", t)):  # spec.json and the training manifest hold them
+        refuse_secrets(dict(part.get("engine_args") or {}), where=f"mixed.{role}.engine_args")
     return {
         "round": round_index, "seed": settings["seed"], "cap_factor": settings["cap_factor"],
         "batch_size": settings["batch_size"], "cutoff_len": None if cutoff_len is None else int(cutoff_len),

@@ -51,11 +51,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from dasd.utils.logging import get_logger
+from dasd.utils.ranks import RANK_VARIABLES, env_rank_zero  # noqa: F401 - re-exported
 
 log = get_logger(__name__)
-
-# the launchers' rank variables: torchrun/Lightning (RANK, LOCAL_RANK, NODE_RANK / GROUP_RANK), SLURM (srun)
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
 
 
 def launch_id(env: Mapping[str, str] | None = None) -> str | None:
@@ -74,16 +72,6 @@ def launch_id(env: Mapping[str, str] | None = None) -> str | None:
         parts.append(f"torchrun {env['TORCHELASTIC_RUN_ID']} restart {restart} "
                      f"at {env.get('MASTER_ADDR', '')}:{env.get('MASTER_PORT', '')}")
     return "; ".join(parts) or None
-
-
-def env_rank_zero(env: Mapping[str, str] | None = None) -> bool:
-    """Whether this process is global rank 0, read from the launcher's environment (no process group needed):
-    every rank variable that is set (``RANK_VARIABLES``) is 0. A single process (none set) is rank 0.
-
-    All of them, not the first one set: the children Lightning's launcher starts inherit the parent's
-    ``SLURM_PROCID`` (0 in an ``salloc`` shell) and differ in ``LOCAL_RANK`` / ``NODE_RANK`` only."""
-    env = os.environ if env is None else env
-    return all(int(env[k]) == 0 for k in RANK_VARIABLES if str(env.get(k, "")).strip())
 
 
 class RankZeroWork:

@@ -7,25 +7,15 @@ exactly the path a hub name takes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from dasd.config import ASSETS, asset_path  # noqa: F401 - their home is the light dasd.config
 from dasd.models.attention import resolve_attn_implementation
 from dasd.utils.logging import get_logger
 
 log = get_logger(__name__)
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-
-
-def asset_path(name: str) -> str:
-    """Absolute path of a shipped asset (``${asset:tiny_qwen3}`` in configs)."""
-    path = ASSETS / name
-    if not path.exists():
-        raise FileNotFoundError(f"dasd asset {name!r} not found at {path}")
-    return str(path)
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""Callbacks: HF-format checkpoints per epoch, a metrics JSONL + loss-curve PNG, run identity in checkpoints."""
+"""Callbacks: HF-format checkpoints per epoch, a metrics JSONL + loss-curve PNG, run identity in checkpoints.
+
+Both checkpoint kinds are written only from finite weights (``dasd.training.nonfinite``)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from dasd.training.nonfinite import require_finite_weights
 from dasd.training.strategy import micro_batches_per_step, optimizer_steps
 from dasd.utils.logging import get_logger
 from dasd.utils.plots import plot_training_curves
@@ -37,6 +40,7 @@ class HFCheckpoint(L.Callback):
         self.dirpath, self.tokenizer, self.keep = Path(dirpath), tokenizer, keep
 
     def export(self, trainer: L.Trainer, module: L.LightningModule, target: Path) -> None:
+        require_finite_weights(trainer, module, f"HF checkpoint {target.name}", optimizer_steps(trainer))
         state = _hf_state_dict(trainer, module)
         if trainer.is_global_zero:
             tmp = target.with_name(target.name + ".tmp")
@@ -56,16 +60,23 @@ class HFCheckpoint(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.export(trainer, module, self.dirpath / f"epoch_{trainer.current_epoch}")
         if self.keep and trainer.is_global_zero:
-            epochs = sorted(self.dirpath.glob("epoch_*"), key=lambda p: int(p.name.split("_")[1]))
-            for old in epochs[: -self.keep]:
+            for old in self.epochs()[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        epochs = sorted(self.dirpath.glob("epoch_*"), key=lambda p: int(p.name.split("_")[1]))
+        epochs = self.epochs()
         if trainer.is_global_zero and epochs:
-            shutil.rmtree(self.dirpath / "final", ignore_errors=True)
-            shutil.copytree(epochs[-1], self.dirpath / "final")
+            final, tmp = self.dirpath / "final", self.dirpath / "final.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(epochs[-1], tmp)  # then renamed: a kill never leaves half a final checkpoint
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
         trainer.strategy.barrier("hf_final")
+
+    def epochs(self) -> list[Path]:
+        """The finished epoch exports, oldest first (never a half-written ``epoch_<e>.tmp``)."""
+        done = [p for p in self.dirpath.glob("epoch_*") if p.name.removeprefix("epoch_").isdigit()]
+        return sorted(done, key=lambda p: int(p.name.removeprefix("epoch_")))
 
 
 class MetricsFile(L.Callback):
@@ -140,3 +151,19 @@ class ResumeCheckpoint(ModelCheckpoint):
         # Lightning's trigger counts global steps, which are micro-batches under DeepSpeed: save every N
         # optimizer steps, at a step boundary (a checkpoint inside an accumulation would lose its gradients)
         self._every_n_train_steps = self._every_n_optimizer_steps * micro_batches_per_step(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        # An epoch's last step is saved by the epoch-end trigger, after the epoch-end hooks (HF export, a
+        # mixed-policy round): Lightning resumes a checkpoint of an epoch's last batch in the next epoch, and
+        # those hooks would never run for it (no hf/epoch_<e>, no round; a stale hf/final after the last epoch)
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        # checked before writing, so that save_top_k=1 never rotates the last finite checkpoint out for a
+        # non-finite one, and last.ckpt keeps linking a finite one
+        require_finite_weights(trainer, trainer.lightning_module, f"checkpoint {Path(filepath).name}",
+                               optimizer_steps(trainer))
+        super()._save_checkpoint(trainer, filepath)

@@ -9,8 +9,9 @@ import torch
 
 from dasd.models.attention import uses_varlen, varlen_kwargs
 from dasd.models.student import StudentSpec, load_student
+from dasd.training.nonfinite import NonFiniteConfig, NonFiniteGuard
 from dasd.training.optim import OptimConfig, build_optimizer
-from dasd.training.strategy import micro_batches_per_step, optimizer_offloaded
+from dasd.training.strategy import micro_batches_per_step, optimizer_offloaded, optimizer_steps
 
 
 def packed_loss_sum(model, batch: dict) -> torch.Tensor:
@@ -34,11 +35,15 @@ class SFTModule(L.LightningModule):
     (every accumulation micro-batch on every rank). Each micro-batch carries ``step_tokens`` (that count),
     so ``training_step`` returns ``sum_CE · accumulate · world / step_tokens``: after Lightning's 1/accumulate
     and DDP's rank averaging, the gradient is exactly d(mean over the step's tokens).
+
+    A step whose loss or gradient norm is not finite stops the run or skips its update (``nonfinite``,
+    ``dasd.training.nonfinite``).
     """
 
-    def __init__(self, student: StudentSpec, optim: OptimConfig) -> None:
+    def __init__(self, student: StudentSpec, optim: OptimConfig, nonfinite: NonFiniteConfig | None = None) -> None:
         super().__init__()
         self.student_spec, self.optim_cfg = student, optim
+        self.guard = NonFiniteGuard(nonfinite or NonFiniteConfig())
         self.model = None
         self._step_sums = {"loss": 0.0, "tokens": 0, "pad": 0, "supervised": 0}
         self._step_start = None
@@ -73,11 +78,22 @@ class SFTModule(L.LightningModule):
         return loss_sum * scale / step_tokens
 
     def on_train_start(self) -> None:
+        if self.guard.config.mode == "skip" and getattr(self.trainer.strategy, "deepspeed_engine", None):
+            raise ValueError("train.nonfinite=skip is not supported under DeepSpeed (its engine owns the gradients "
+                             "and steps itself): use train.nonfinite=stop")
         self._step_start = time.perf_counter()
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["dasd_nonfinite"] = {"skipped": list(self.guard.skipped)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.guard.skipped = list(checkpoint.get("dasd_nonfinite", {}).get("skipped", []))
+
     def on_before_optimizer_step(self, optimizer) -> None:
-        """Log the step: runs after the backward of its last micro-batch, before the update. Under DeepSpeed
-        Lightning calls it after every micro-batch; only the engine's accumulation boundary is a step."""
+        """Check and log the step: runs after the backward of its last micro-batch, before the update (and
+        before gradient clipping). Under DeepSpeed Lightning calls it after every micro-batch; only the engine's
+        accumulation boundary is a step. A non-finite loss or gradient norm stops here, before the update, or
+        (``train.nonfinite=skip``) drops the gradients, so that the optimizer leaves every weight as it is."""
         engine = getattr(self.trainer.strategy, "deepspeed_engine", None)
         if engine is not None and not engine.is_gradient_accumulation_boundary():
             return
@@ -94,6 +110,13 @@ class SFTModule(L.LightningModule):
             metrics["train/grad_norm"] = float(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
         if torch.cuda.is_available():
             metrics["train/peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        # the loss and norm are reduced over ranks, so every rank takes the same decision; under fp16 AMP
+        # the GradScaler skips a step with overflowing gradients itself (and lowers its scale)
+        grad_norm = None if getattr(self.trainer.precision_plugin, "scaler", None) else metrics.get("train/grad_norm")
+        if self.guard.check(optimizer_steps(self.trainer) + 1, metrics["train/loss"], grad_norm):
+            self.zero_grad(set_to_none=True)  # the optimizer skips parameters without a gradient
+        if self.guard.config.mode == "skip":
+            metrics["train/skipped_steps"] = float(len(self.guard.skipped))
         loss = metrics.pop("train/loss")
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, rank_zero_only=True)
         self.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
@@ -101,7 +124,22 @@ class SFTModule(L.LightningModule):
         self._step_start = now
 
     def configure_optimizers(self):
-        total = int(self.trainer.estimated_stepping_batches)
+        total = planned_steps(self.trainer)
         optimizer, scheduler = build_optimizer(self.model, self.optim_cfg, total,
                                                cpu_offload=optimizer_offloaded(self.trainer.strategy))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def planned_steps(trainer: L.Trainer) -> int:
+    """The fit's optimizer-step count, as ``trainer.estimated_stepping_batches`` computes it, but from the
+    datamodule's ``micro_batches_per_epoch()`` when it has one. Lightning's property builds the train
+    dataloader when called in ``configure_optimizers``, before a resumed fit restores its loops; the fit then
+    keeps that loader and never loads the checkpoint's data position into it (Lightning issue #20550), so a
+    resumed epoch replayed its first batches. A datamodule without that method gets Lightning's estimate."""
+    per_epoch = getattr(trainer.datamodule, "micro_batches_per_epoch", None)
+    if per_epoch is None or trainer.limit_train_batches != 1.0 or trainer.overfit_batches:
+        return int(trainer.estimated_stepping_batches)
+    if trainer.max_epochs == -1:  # step-limited
+        return trainer.max_steps
+    total = -(-per_epoch() // trainer.accumulate_grad_batches) * max(trainer.max_epochs, 1)
+    return min(total, trainer.max_steps) if trainer.max_steps != -1 else total

@@ -32,7 +32,8 @@ NON_TRAINING_KEYS = ("resume", "logger", "paths", "tags", "train.save_every_n_st
                      "sampler.engine_args", "sampler.batch_size", "sampler.flush_every", "sampler.num_examples",
                      "sampler.store_dir", "mixed.transport", "mixed.python", "mixed.batch_size",
                      "mixed.offload_training_state", "strategy.timeout_minutes", "eval",
-                     "student.load.attn_implementation")  # a kernel choice: every choice isolates samples
+                     "student.load.attn_implementation",  # a kernel choice: every choice isolates samples
+                     "train.nonfinite", "train.max_skipped_steps")  # a failed run may resume with skip
 
 
 @dataclass
@@ -83,6 +84,20 @@ def training_config_hash(config: dict) -> str:
     return config_hash(core)
 
 
+def refuse_failed_parent(stage_id, run_dir: Path, what: str) -> None:
+    """Raise if ``run_dir``'s manifest says ``failed`` (a non-finite stop): a later stage must not start
+    from a run that diverged. ``what``: how the stage named it (for the message)."""
+    manifest = Manifest(run_dir / "manifest.json")
+    if manifest.status != "failed":
+        return
+    failure = manifest.data.get("failure") or {}
+    raise ValueError(
+        f"stage {stage_id} would start from {what}, but that run failed at optimizer step {failure.get('step')}: "
+        f"{failure.get('reason')} ({run_dir / 'manifest.json'}). Fix and rerun it first (e.g. a lower optim.lr "
+        f"with resume=never); to start from a checkpoint it saved before the failure anyway, copy that "
+        f"directory out of {run_dir} and give its path as stage.init_from")
+
+
 def resolve_init(cfg: DictConfig) -> tuple[str, dict]:
     """The model a stage starts from, and a record of its parent for the manifest."""
     init = str(cfg.stage.init_from)
@@ -95,6 +110,7 @@ def resolve_init(cfg: DictConfig) -> tuple[str, dict]:
         parent_dir = Path(cfg.paths.output_dir) / cfg.experiment_name / str(cfg.stage.parent_run)
         final = parent_dir / "checkpoints" / "hf" / "final"
         manifest = Manifest(parent_dir / "manifest.json")
+        refuse_failed_parent(cfg.stage.id, parent_dir, f"the final checkpoint of run '{cfg.stage.parent_run}'")
         if not (final / "config.json").is_file() or manifest.status != "completed":
             raise ValueError(
                 f"stage {cfg.stage.id} starts from the final checkpoint of run '{cfg.stage.parent_run}', expected "
@@ -107,10 +123,28 @@ def resolve_init(cfg: DictConfig) -> tuple[str, dict]:
     if path.exists():
         if not (path / "config.json").is_file():
             raise ValueError(f"stage.init_from={init}: not an HF model directory (no config.json)")
+        for run_dir in list(path.resolve().parents)[:3]:  # <run>/checkpoints/hf/<name>: its run's manifest
+            if (run_dir / "manifest.json").is_file():
+                refuse_failed_parent(cfg.stage.id, run_dir, f"stage.init_from={init}")
+                break
         return str(path.resolve()), {"kind": "path", "init_from": str(path.resolve())}
     if init.startswith(("/", ".", "~")):
         raise ValueError(f"stage.init_from={init}: no such directory")
     return init, {"kind": "hub", "init_from": init}  # a hub id, e.g. Qwen/Qwen3-4B-Instruct-2507
+
+
+def latest_checkpoint(ckpt_dir: Path) -> str | None:
+    """``last.ckpt``, or the newest ``*step=<N>.ckpt`` when ``last.ckpt`` is missing or dangles: Lightning
+    deletes the previous checkpoint before it links ``last.ckpt`` to the new one, and a kill in between
+    would otherwise start the run over. None when the folder holds no checkpoint."""
+    last = ckpt_dir / "last.ckpt"
+    if last.exists():
+        return str(last)
+    steps = {int(p.stem.rsplit("step=", 1)[1]): p for p in ckpt_dir.glob("*step=*.ckpt")
+             if p.stem.rsplit("step=", 1)[1].isdigit()}
+    if steps:
+        log.warning("%s is missing or dangling (a kill while checkpointing): resuming from %s", last, steps[max(steps)])
+    return str(steps[max(steps)]) if steps else None
 
 
 def _fresh_start(run_dir: Path) -> None:
@@ -143,7 +177,7 @@ def plan_stage(cfg: DictConfig) -> StagePlan:
         if manifest.status == "completed" and manifest.data.get("config_hash") == plan.config_hash:
             plan.already_completed = True
             return plan
-        plan.resume_ckpt = str(last) if last.exists() else None
+        plan.resume_ckpt = latest_checkpoint(last.parent)
     else:
         if not Path(resume).exists():
             raise ValueError(f"resume={resume}: no such checkpoint")

@@ -13,18 +13,22 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig
 
+from dasd.config_checks import check_train
 from dasd.das import artifacts as das_artifacts
-from dasd.data.datamodule import SFTDataModule
+from dasd.data.datamodule import SFTDataModule, TemperatureCheck
 from dasd.data.filters import FilterConfig
 from dasd.models.student import StudentSpec, load_tokenizer
 from dasd.training.callbacks import HFCheckpoint, MetricsFile, ResumeCheckpoint, RunIdentity
 from dasd.training.loggers import build_loggers
 from dasd.training.module import SFTModule
+from dasd.training.nonfinite import NonFiniteConfig, NonFiniteError, TrainingFailed
 from dasd.training.optim import OptimConfig
 from dasd.training.stages import StagePlan, plan_stage
 from dasd.training.strategy import build_strategy, optimizer_steps
 from dasd.utils.logging import get_logger
 from dasd.utils.run import Manifest, git_revision, versions
+from dasd.utils.runlock import run_lock
+from dasd.utils.secrets import refuse_secrets
 
 log = get_logger(__name__)
 
@@ -40,7 +44,10 @@ def _datamodule(cfg: DictConfig, tokenizer) -> SFTDataModule:
                          filters=FilterConfig.from_dict(OmegaConf.to_container(cfg.filters, resolve=True))
                          if cfg.filters.order and not d.get("prefiltered") else None,  # stage=mixed: filtered
                          source_format=d.format, logprobs_path=d.get("logprobs"),
-                         mask_student_prefix=bool(cfg.get("mixed", {}).get("mask_student_prefix", False)))
+                         mask_student_prefix=bool(cfg.get("mixed", {}).get("mask_student_prefix", False)),
+                         supervise_eot_newline=d.get("supervise_eot_newline", True),
+                         temperature_check=None if cfg.stage.get("mixed") else TemperatureCheck(  # mixed: T varies
+                             float(cfg.stage.temperature), str(cfg.stage.id), d.get("temperature_check", "warn")))
 
 
 def _mixed_policy(cfg: DictConfig) -> dict | None:
@@ -137,10 +144,42 @@ def prepare_data(cfg: DictConfig) -> dict:
     return {}
 
 
+def _nonfinite(cfg: DictConfig) -> NonFiniteConfig:
+    """``train.nonfinite`` / ``train.max_skipped_steps``; skip needs the gradients, which DeepSpeed keeps."""
+    config = NonFiniteConfig(mode=str(cfg.train.get("nonfinite", "stop")),
+                             max_skipped_steps=cfg.train.get("max_skipped_steps", 10))
+    if config.mode == "skip" and str(cfg.strategy.name).startswith("deepspeed"):
+        raise ValueError(f"train.nonfinite=skip with strategy={cfg.strategy.name}: not supported (the DeepSpeed "
+                         "engine owns the gradients and steps itself); use train.nonfinite=stop")
+    return config
+
+
+def _record_stop(manifest: Manifest, run_dir: Path, error: NonFiniteError | None) -> TrainingFailed | None:
+    """Mark the manifest of a run that did not finish: ``interrupted`` (resume=auto continues from
+    ``last.ckpt``), or ``failed`` with the step and reason of a non-finite stop (returns the exit for it)."""
+    if error is None:
+        manifest.update(status="interrupted")
+        return None
+    last = run_dir / "checkpoints" / "last.ckpt"
+    kept = str(last.resolve()) if last.exists() else None
+    manifest.update(status="failed", failure={"step": error.step, "reason": error.reason,
+                                              "last_finite_checkpoint": kept})
+    return TrainingFailed(error, kept, manifest.path)
+
+
 def train(cfg: DictConfig) -> dict:
-    """Run one training stage. Returns the final metrics (also written to the run's manifest.json)."""
+    """Run one training stage. Returns the final metrics (also written to the run's manifest.json). A
+    non-finite loss, gradient norm or weights raises ``TrainingFailed`` (manifest: ``failed``)."""
+    check_train(cfg)  # bad values stop here, before anything is built or written (dasd.config_checks)
+    refuse_secrets(OmegaConf.to_container(cfg, resolve=True))  # a notebook or ablate.py skips the CLI's check
+    with run_lock(cfg.paths.run_dir, "train"):  # one process per run dir, rounds of stage=mixed included
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> dict:
     if cfg.get("data_only"):
         return prepare_data(cfg)
+    nonfinite = _nonfinite(cfg)
     source_cfg, mixed = cfg, None
     if cfg.stage.get("mixed"):  # stage=mixed trains on mixed/train.jsonl, written by revision round 0 below
         from dasd.mixed.stage import mixed_training_config
@@ -162,7 +201,7 @@ def train(cfg: DictConfig) -> dict:
     dm = _datamodule(cfg, tokenizer)
     dm.setup("fit")
     module = SFTModule(StudentSpec(name_or_path=plan.init_from, **OmegaConf.to_container(cfg.student.load)),
-                       OptimConfig(**OmegaConf.to_container(cfg.optim)))
+                       OptimConfig(**OmegaConf.to_container(cfg.optim)), nonfinite)
     trainer = _trainer(cfg, plan, tokenizer, strategy, dm)
     das_outputs = None
     if trainer.is_global_zero:
@@ -185,17 +224,25 @@ def train(cfg: DictConfig) -> dict:
                         git=git_revision(Path(__file__).parent), wandb_run_id=plan.wandb_run_id,
                         resumed_from=plan.resume_ckpt, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         mixed=mixed)
-    status = "failed"
+    status, stopped, failed = "failed", None, None
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=plan.resume_ckpt)
+        # weights_only: the checkpoint is unpickled with torch's restricted loader (tensors and plain data; a
+        # DeepSpeed directory was vetted by plan_stage), so no file given as resume= can run code
+        trainer.fit(module, datamodule=dm, ckpt_path=plan.resume_ckpt, weights_only=True)
         status = "success"
+    except NonFiniteError as e:  # every rank stops at the same step (the checks use rank-reduced values)
+        stopped = e
     finally:  # always close the loggers (an unfinished W&B run would block the next one)
         if status != "success" and trainer.is_global_zero:
-            manifest.update(status="interrupted")  # resume=auto continues from checkpoints/last.ckpt
+            failed = _record_stop(manifest, plan.run_dir, stopped)
         for lg in trainer.loggers:
             lg.finalize(status)
             if isinstance(lg, WandbLogger):
                 lg.experiment.finish(exit_code=0 if status == "success" else 1)
+    if stopped is not None:
+        failed = failed or TrainingFailed(stopped, None, manifest.path)
+        log.error("%s", failed.code)
+        raise failed from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     metrics["global_step"] = optimizer_steps(trainer)  # optimizer steps, also under DeepSpeed
     if trainer.is_global_zero and isinstance(getattr(trainer.strategy, "config", None), dict):
@@ -206,7 +253,8 @@ def train(cfg: DictConfig) -> dict:
                         outputs={"hf_final": str(plan.run_dir / "checkpoints" / "hf" / "final"),
                                  "lightning_last": str(plan.run_dir / "checkpoints" / "last.ckpt"),
                                  "metrics": str(plan.run_dir / "metrics.jsonl"),
-                                 "loss_curve": str(plan.run_dir / "loss_curve.png")})
+                                 "loss_curve": str(plan.run_dir / "loss_curve.png")},
+                        **({"skipped_steps": module.guard.skipped} if module.guard.skipped else {}))
         evaluated = [c.eval_result for c in trainer.callbacks if getattr(c, "eval_result", None)]
         if evaluated:  # eval=default: EvaluateAtEnd's summary of the final checkpoint
             manifest.update(eval=evaluated[0])

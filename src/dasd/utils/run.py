@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import platform
 import subprocess
 import time
@@ -80,10 +81,48 @@ class Manifest:
         return self.data.get("status")
 
 
+def _deepspeed_checkpoint_classes() -> list[type]:
+    """The classes DeepSpeed pickles into its own checkpoint files (the ZeRO stage enum, fp16 loss scalers):
+    plain records, rebuilt without running code. Empty when DeepSpeed is not installed."""
+    try:
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+    except ImportError:
+        return []
+    return [ZeroStageEnum, LossScaler, DynamicLossScaler]
+
+
+def load_checkpoint_safely(path: str | Path, allowed: list[type] | tuple = ()) -> Any:
+    """``torch.load`` that never runs code from the file: ``weights_only=True`` admits tensors, containers,
+    plain values and torch's own allow-list (plus ``allowed``); anything else is refused before it is built.
+    Memory-mapped, so the tensors are not read. ValueError names the file and what it holds."""
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = next((x.strip() for x in str(e).splitlines() if "GLOBAL" in x), str(e).splitlines()[0])
+        raise ValueError(f"refusing to load {path}: it holds objects other than tensors and plain data ({found}). "
+                         "Unpickling them could run code from the file, and a checkpoint written by dasd never "
+                         "holds any: give a checkpoint this project wrote.") from e
+    except RuntimeError as e:  # mmap needs torch's zip format: a bare pickle is not a torch checkpoint
+        raise ValueError(f"refusing to load {path}: not a torch checkpoint ({str(e).splitlines()[0][:200]})") from e
+
+
 def checkpoint_identity(ckpt: str | Path) -> dict:
-    """The ``dasd`` entry (W&B run id, config hash) stored in a Lightning checkpoint (file or DeepSpeed dir)."""
+    """The ``dasd`` entry (W&B run id, config hash) stored in a Lightning checkpoint (file or DeepSpeed dir).
+
+    Nothing in the checkpoint is unpickled beyond tensors and plain data. DeepSpeed restores a directory
+    itself, with its own unrestricted ``torch.load``, so every file in it is vetted here: once the restricted
+    unpickler accepted a file, its full unpickling can only rebuild the same allowed objects."""
     path = Path(ckpt)
-    if path.is_dir():  # DeepSpeed: the client state lives beside the model states
-        path = next(path.glob("checkpoint/mp_rank_00_model_states.pt"))
-    state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    return state.get("dasd", {})
+    if not path.is_dir():
+        state = load_checkpoint_safely(path)
+    else:  # DeepSpeed: the client state lives beside the model states
+        allowed = _deepspeed_checkpoint_classes()
+        model_states, state = path / "checkpoint" / "mp_rank_00_model_states.pt", None
+        for p in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".pt", ".ckpt", ".bin")):
+            loaded = load_checkpoint_safely(p, allowed)
+            state = loaded if p == model_states else state
+        if state is None:
+            raise ValueError(f"{path}: not a DeepSpeed checkpoint directory (no checkpoint/mp_rank_00_model_states.pt)")
+    return state.get("dasd", {}) if isinstance(state, dict) else {}
