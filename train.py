@@ -14,10 +14,15 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from dasd.launch import job_scope
+    from dasd.training.nonfinite import exit_on_failure
     from dasd.training.train import train
 
-    with exit_on_config_error(), job_scope():  # one Hydra job = one process group (docs/launch.md)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    with exit_on_config_error(), exit_on_failure(multirun), job_scope():  # one job = one process group (docs/launch.md)
         metrics = train(cfg)
     return metrics.get("train/loss")  # the value a Hydra sweeper optimises
 

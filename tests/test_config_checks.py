@@ -237,3 +237,16 @@ def test_multirun_job_stops_before_its_first_file(tmp_path):
     assert "Traceback" not in proc.stderr
     names = {p.name for p in (tmp_path / "outputs").rglob("*")}
     assert not names & {"manifest.json", "metrics.jsonl", "checkpoints", "wandb", "csv", "data_report.json"}, names
+
+
+def test_resume_takes_a_checkpoint_file_or_a_deepspeed_checkpoint_directory(tmp_path):
+    """Under DeepSpeed Lightning saves a checkpoint as a directory: resume=<that dir> is valid; any other
+    directory is not."""
+    ds = tmp_path / "epoch=0-step=4.ckpt"
+    (ds / "checkpoint").mkdir(parents=True)
+    (ds / "checkpoint" / "mp_rank_00_model_states.pt").write_bytes(b"")
+    (tmp_path / "last.ckpt").write_bytes(b"")
+    assert problems("train", [f"resume='{ds}'"], tmp_path) == []
+    assert problems("train", [f"resume={tmp_path / 'last.ckpt'}"], tmp_path) == []
+    found = problems("train", [f"resume={tmp_path}"], tmp_path)
+    assert [p.key for p in found] == ["resume"] and "not a DeepSpeed checkpoint directory" in found[0].why

@@ -177,3 +177,20 @@ def test_cli_refuses_a_held_run_dir_before_hydra_writes_into_it(tmp_path):
     lines = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
     assert proc.returncode == 1 and len(lines) == 1 and f"pid {holder.pid}" in lines[0], proc.stderr[-2000:]
     assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_NAME, HOLDER_NAME]
+
+
+def test_generate_runs_sharing_an_output_dir_lock_their_shard(tmp_path):
+    """Two generate.py runs with their own run dirs but one output_dir= and shard: the second stops before it
+    writes (they would mix seeds in one shard); another shard of the same output_dir is free."""
+    from dasd.generation.run import generate
+
+    out = tmp_path / "pool"
+    common = ["max_questions=1", "samples_per_question=1", "sampling.max_tokens=4", "logger=none",
+              f"output_dir={out}"]
+    with run_lock(out / ".locks" / "shard-00000-of-00001", "generate"):
+        with pytest.raises(RunDirInUse, match=f"pid {os.getpid()}"):
+            generate(compose_cfg(common, tmp_path / "b", name="generate"))
+        assert not list(out.glob("shard-*"))
+    with run_lock(out / ".locks" / "shard-00001-of-00002", "generate"):
+        generate(compose_cfg([*common, "shard.count=2", "shard.index=0"], tmp_path / "c", name="generate"))
+    assert (out / "shard-00000-of-00002.jsonl").exists()

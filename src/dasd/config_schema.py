@@ -105,9 +105,11 @@ def resume_value(value: str) -> str:
     if value in ("auto", "never"):
         return value
     path = Path(value).expanduser()
+    if path.is_dir() and (path / "checkpoint" / "mp_rank_00_model_states.pt").is_file():
+        return value  # a DeepSpeed checkpoint: Lightning saves one as a directory
     if not path.is_file():
-        raise ValueError(f"{'is a directory' if path.is_dir() else 'no such file'} (should be auto, never or the "
-                         "path of a Lightning checkpoint)")
+        raise ValueError(f"{'is not a DeepSpeed checkpoint directory' if path.is_dir() else 'no such file'} "
+                         "(should be auto, never or the path of a Lightning checkpoint)")
     return value
 
 

@@ -61,7 +61,9 @@ def _log_wandb(cfg: DictConfig, run_dir: Path, summary: dict, png: Path, config:
 def generate(cfg: DictConfig) -> dict:
     """Sample this shard's candidates; write records, a summary JSON, histograms (PNG) and the manifest."""
     check_generate(cfg)  # bad values stop here, before anything is loaded or written (dasd.config_checks)
-    with run_lock(cfg.paths.run_dir, "generate"):  # one process per run dir (dasd.utils.runlock)
+    shard = f"shard-{int(cfg.shard.index):05d}-of-{int(cfg.shard.count):05d}"
+    # one process per run dir, and per shard of an output_dir (runs with other run dirs may share one)
+    with run_lock(cfg.paths.run_dir, "generate"), run_lock(Path(cfg.output_dir) / ".locks" / shard, "generate"):
         return _generate(cfg)
 
 

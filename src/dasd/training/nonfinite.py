@@ -15,7 +15,10 @@ weights, which the checkpoint and export checks refuse.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,9 +41,9 @@ class NonFiniteError(RuntimeError):
         super().__init__(f"{reason} at optimizer step {step}")
 
 
-class TrainingFailed(SystemExit):
-    """The run stopped at a non-finite step and its manifest says ``failed``. A ``SystemExit``: the command
-    line prints its one-line message and exits with status 1, with no traceback."""
+class TrainingFailed(RuntimeError):
+    """The run stopped at a non-finite step and its manifest says ``failed``. ``train.py`` prints its one-line
+    message and exits with status 1 (``exit_on_failure``); in a sweep the job fails and the sweep goes on."""
 
     def __init__(self, error: NonFiniteError, last_checkpoint: str | None, manifest: str | Path) -> None:
         self.step, self.reason, self.last_checkpoint = error.step, error.reason, last_checkpoint
@@ -120,3 +123,17 @@ def require_finite_weights(trainer: L.Trainer, module: L.LightningModule, what: 
     """Raise ``NonFiniteError`` (nothing written) unless the weights are finite; ``what``: what was to be saved."""
     if not weights_finite(trainer, module):
         raise NonFiniteError(step, f"non-finite weights ({what} not written)")
+
+
+@contextlib.contextmanager
+def exit_on_failure(multirun: bool) -> Iterator[None]:
+    """A single run that failed prints ``TrainingFailed``'s one line and exits 1, with no traceback. A sweep
+    job re-raises it: Hydra marks that job failed, runs the others and reports the failure at the end (an
+    exit here would end the whole sweep at its first diverging job)."""
+    try:
+        yield
+    except TrainingFailed as e:
+        if multirun:
+            raise
+        print(str(e), file=sys.stderr, flush=True)
+        raise SystemExit(1) from None

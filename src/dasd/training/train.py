@@ -23,7 +23,7 @@ from dasd.training.loggers import build_loggers
 from dasd.training.module import SFTModule
 from dasd.training.nonfinite import NonFiniteConfig, NonFiniteError, TrainingFailed
 from dasd.training.optim import OptimConfig
-from dasd.training.stages import StagePlan, plan_stage
+from dasd.training.stages import StagePlan, latest_checkpoint, plan_stage
 from dasd.training.strategy import build_strategy, optimizer_steps
 from dasd.utils.logging import get_logger
 from dasd.utils.run import Manifest, git_revision, versions
@@ -160,8 +160,8 @@ def _record_stop(manifest: Manifest, run_dir: Path, error: NonFiniteError | None
     if error is None:
         manifest.update(status="interrupted")
         return None
-    last = run_dir / "checkpoints" / "last.ckpt"
-    kept = str(last.resolve()) if last.exists() else None
+    last = latest_checkpoint(run_dir / "checkpoints")  # a dangling last.ckpt: the newest step checkpoint
+    kept = str(Path(last).resolve()) if last else None
     manifest.update(status="failed", failure={"step": error.step, "reason": error.reason,
                                               "last_finite_checkpoint": kept})
     return TrainingFailed(error, kept, manifest.path)
@@ -241,7 +241,7 @@ def _train(cfg: DictConfig) -> dict:
                 lg.experiment.finish(exit_code=0 if status == "success" else 1)
     if stopped is not None:
         failed = failed or TrainingFailed(stopped, None, manifest.path)
-        log.error("%s", failed.code)
+        log.error("%s", failed)
         raise failed from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     metrics["global_step"] = optimizer_steps(trainer)  # optimizer steps, also under DeepSpeed
@@ -249,6 +249,7 @@ def _train(cfg: DictConfig) -> dict:
         # the DeepSpeed config as the engine ran it (Lightning adds accumulation, clipping, micro-batch)
         manifest.update(deepspeed_config=trainer.strategy.config)
     if trainer.is_global_zero:
+        manifest.data.pop("failure", None)  # a failed run resumed (train.nonfinite=skip) to its end
         manifest.update(status="completed", final_metrics=metrics,
                         outputs={"hf_final": str(plan.run_dir / "checkpoints" / "hf" / "final"),
                                  "lightning_last": str(plan.run_dir / "checkpoints" / "last.ckpt"),
