@@ -694,7 +694,6 @@ def main(argv: list[str] | None = None) -> dict:
         args.out = smoke_out("train_mfu") if args.smoke else f"benchmarks/results/train_mfu_{slug}.json"
     tmp = Path(tempfile.mkdtemp(prefix="train_mfu_"))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
         model_dir = tmp / "model"
         model_config = write_model_dir(model_dir, args.arch)

@@ -78,18 +78,7 @@ def kill_after_checkpoint(out: Path, run_dir: Path, min_step: int, *overrides: s
     finally:
         # the whole tree, W&B's service process included: a surviving one still holds the run id, and the
         # resumed run would be refused ("run ID ... is in use") on a busy machine
-        tree = _descendants(proc.pid)
-        os.killpg(proc.pid, signal.SIGKILL)
-        for pid in tree:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
-        deadline = time.time() + 30
-        while time.time() < deadline and any(Path(f"/proc/{pid}").exists() and
-                                             "Z" not in _state(pid) for pid in tree):
-            time.sleep(0.1)
+        _kill_tree(proc)
     return int((run_dir / "checkpoints" / "last.ckpt").resolve().stem.split("step=")[-1])
 
 

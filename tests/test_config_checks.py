@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import get_args
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
+from test_config import compose_cfg
 
-from dasd.config import quote_numeric_choices, register_resolvers
 from dasd.config_checks import CHECKS, ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,11 +26,7 @@ USER_FILES = ("data.path", "task.path")
 
 
 def compose_app(app: str, overrides: list[str], root: Path):
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(app, overrides=quote_numeric_choices([*overrides, f"paths.root_dir={root}",
-                                                             f"paths.run_dir={root}/run"]))
+    return compose_cfg(overrides, root, name=app)
 
 
 @functools.cache

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli import QUIET, REPO, _descendants, _state
+from cli import QUIET, REPO, _kill_tree
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
@@ -53,16 +53,7 @@ def _run_or_kill(cmd: list[str], cwd: Path, delay: float) -> bool:
         err = proc.stderr.read().decode(errors="replace")
         assert proc.returncode == 0, f"exit {proc.returncode} without a kill:\n{err[-4000:]}"
         return False
-    tree = _descendants(proc.pid)
-    for pid in [proc.pid, *tree]:
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
-    proc.wait()
-    end = time.time() + 30
-    while time.time() < end and any(Path(f"/proc/{p}").exists() and _state(p) != "Z" for p in tree):
-        time.sleep(0.05)
+    _kill_tree(proc)
     return True
 
 

@@ -5,14 +5,12 @@ refuses the failed run."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from cli import train_cmd
+from cli import run_train
 from conftest import make_record, write_jsonl
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -220,9 +218,7 @@ def test_bad_settings_are_named():
 @pytest.mark.slow
 def test_cli_lr_1e6_exits_nonzero_with_one_line(tmp_path):
     """The issue's command: exit status 1, one `error:` line, manifest failed, no HF export."""
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    proc = subprocess.run(train_cmd(tmp_path, "optim.lr=1e6"), cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = run_train(tmp_path, "optim.lr=1e6", check=False)
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "training failed at optimizer step" in errors[0] and "Traceback" not in proc.stderr
@@ -235,9 +231,7 @@ def test_cli_lr_1e6_exits_nonzero_with_one_line(tmp_path):
 def test_a_diverging_sweep_job_fails_alone(tmp_path):
     """`train.py -m optim.lr=1e6,1e-3`: the diverging first job is marked failed and the sweep still runs the
     second one to completion; the sweep as a whole then exits non-zero."""
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    proc = subprocess.run(train_cmd(tmp_path, "-m", "optim.lr=1e6,1e-3", "data.max_samples=16", "logger=csv"),
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_train(tmp_path, "-m", "optim.lr=1e6,1e-3", "data.max_samples=16", "logger=csv", check=False)
     assert proc.returncode != 0
     manifests = sorted((tmp_path / "outputs" / "default" / "multirun").glob("*/*/manifest.json"))
     status = {m.parent.name: json.loads(m.read_text())["status"] for m in manifests}

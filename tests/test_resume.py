@@ -17,11 +17,10 @@ import lightning as L
 import pytest
 import torch
 from cli import kill_at_checkpoint, metrics, run_train
-from hydra import compose, initialize_config_dir
 from lightning.fabric.utilities.data import _set_sampler_epoch
+from test_config import compose_cfg
 from torch.utils.data import Dataset
 
-from dasd.config import register_resolvers
 from dasd.data.datamodule import SFTDataModule
 from dasd.data.sampler import ResumableDataLoader, StepBatchSampler
 from dasd.data.selection import RandomSelector
@@ -32,7 +31,6 @@ from dasd.training.optim import OptimConfig
 from dasd.training.stages import latest_checkpoint
 from dasd.utils.run import checkpoint_identity
 
-REPO = Path(__file__).resolve().parent.parent
 POOL = Path(asset_path("sample_pool")) / "pool_T0.6.jsonl"
 EPOCHS, EVERY = 2, 2  # checkpoints every 2 optimizer steps and at each epoch end
 
@@ -235,11 +233,8 @@ def test_checkpoint_identity_reads_a_dasd_checkpoint(reference):
 
 
 def _train_cfg(root: Path, *overrides: str):
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=[f"paths.root_dir={root}", f"paths.run_dir={root}/run", "logger=none",
-                                           "data.max_samples=8", "train.epochs=1", "trainer.enable_progress_bar=false",
-                                           *overrides])
+    return compose_cfg(["logger=none", "data.max_samples=8", "train.epochs=1", "trainer.enable_progress_bar=false",
+                        *overrides], root)
 
 
 @pytest.mark.parametrize("how", ["path", "auto"])

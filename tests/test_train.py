@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from cli import QUIET, REPO, kill_after_checkpoint, kill_at_checkpoint, metrics, run_train, train_cmd  # noqa: F401
+from cli import QUIET, REPO, kill_at_checkpoint, metrics, run_train
 from conftest import make_record, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from wandb_offline import read_history, run_files

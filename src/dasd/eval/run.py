@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dasd.config_checks import check_evaluate
 from dasd.generation.engine import Engine, Request, SamplingConfig
+from dasd.generation.shards import _atomic_write
 from dasd.training.loggers import resolve_wandb_mode
 from dasd.utils.logging import get_logger
 from dasd.utils.run import Manifest, config_hash, git_revision, versions, write_json
@@ -185,9 +186,7 @@ def _resume(run_dir: Path, key: str, items: list, enabled: bool, overwrite: bool
                          "or overwrite=true to replace them")
     current = {it.id: item_hash(it) for it in items}
     rows = [r for r in previous if current.get(r["id"]) == r.get("qhash")] if enabled and old == key else []
-    tmp = results.with_name(".results.jsonl.tmp")  # renamed into place: a kill never leaves half the file
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    tmp.replace(results)
+    _atomic_write(results, rows)  # renamed into place: a kill never leaves half the file
     write_json(key_file, {"key": key})
     for stale in ("summary.json", "eval_summary.png"):  # they describe the old rows until this run ends
         (run_dir / stale).unlink(missing_ok=True)

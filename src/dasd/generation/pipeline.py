@@ -11,7 +11,7 @@ import json
 import math
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tqdm.auto import tqdm
 
@@ -115,14 +115,15 @@ def finished_pairs(writer: ShardWriter, questions: list[Question], samples_per_q
 
 def generate_shard(engine: Engine, questions: list[Question], writer: ShardWriter, *, samples_per_question: int,
                    sampling: SamplingConfig, seed: int, fmt: TeacherFormat, batch_size: int = 64,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, done: set[tuple[str, int]] | None = None) -> dict:
     """Sample every missing (question, sample) pair of this shard; returns counts for the run summary. Finished
     samples are reused only under the same settings (``shard_settings``; a writer not yet claimed is claimed
-    with them here) and for the same questions."""
-    one = SamplingConfig(**{**sampling.__dict__, "n": 1})
+    with them here) and for the same questions. ``done``: ``finished_pairs`` when the caller already read them."""
+    one = replace(sampling, n=1)
     if writer.settings is None:
         writer.claim(shard_settings(engine.model_name, one, seed, fmt))
-    done = finished_pairs(writer, questions, samples_per_question)
+    if done is None:
+        done = finished_pairs(writer, questions, samples_per_question)
     todo = [(q, k) for q in questions for k in range(samples_per_question) if (q.id, k) not in done]
     system = [{"role": "system", "content": fmt.system_prompt}] if fmt.system_prompt else []
     bar = tqdm(total=len(todo), desc="generate", unit="sample", disable=not progress)

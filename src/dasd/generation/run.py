@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -87,17 +88,17 @@ def _generate(cfg: DictConfig) -> dict:
     writer = ShardWriter(out_dir, cfg.shard.index, cfg.shard.count)
     fmt = TeacherFormat(kind=cfg.teacher.format, system_prompt=cfg.teacher.system_prompt,
                         chat_template_kwargs=OmegaConf.to_container(cfg.teacher.chat_template_kwargs))
-    one = SamplingConfig(**{**sampling.__dict__, "n": 1})  # what generate_shard samples with
+    one = replace(sampling, n=1)  # what generate_shard samples with
     overwrite = bool(cfg.get("overwrite", False))  # before the teacher loads: other settings refused in seconds
     writer.claim(shard_settings(str(cfg.engine.model), one, cfg.seed, fmt, teacher_identity(config["engine"])),
                  overwrite=overwrite)
-    finished_pairs(writer, mine, cfg.samples_per_question, overwrite=overwrite)  # samples of other questions
+    done = finished_pairs(writer, mine, cfg.samples_per_question, overwrite=overwrite)  # other questions stop here
     engine = instantiate(cfg.engine)
     sent = engine.sampling_args(one)
     try:
         counts = generate_shard(engine, mine, writer, samples_per_question=cfg.samples_per_question,
                                 sampling=sampling, seed=cfg.seed, fmt=fmt, batch_size=cfg.batch_size,
-                                progress=cfg.progress)
+                                progress=cfg.progress, done=done)
     finally:
         engine.close()
     shard_file = writer.finalize()

@@ -18,13 +18,9 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+from dasd.utils.run import write_json
+
 SHARD_FILE = re.compile(r"^shard-(\d+)-of-(\d+)\.(jsonl|parts|settings\.json)$")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _atomic_write(path: Path, rows: Iterable[dict]) -> None:
@@ -93,7 +89,7 @@ class ShardWriter:
             self.clear()
         if old != settings or problems:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(self.settings_file, json.dumps(settings, indent=2, sort_keys=True, default=str))
+            write_json(self.settings_file, settings)
         self.settings = settings
 
     def _files(self) -> list[Path]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import time
@@ -31,10 +32,9 @@ from filelock import FileLock, Timeout
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from dasd.utils.logging import get_logger
 from dasd.utils.ranks import env_rank_zero
 
-log = get_logger(__name__)
+log = logging.getLogger(__name__)  # not dasd.utils.logging: it imports Lightning, and this runs before any check
 
 LOCK_NAME = ".dasd.lock"
 HOLDER_NAME = ".dasd.lock.json"
@@ -186,7 +186,4 @@ class RefuseBusyRunDir(Callback):
             run_dir = str(config.hydra.run.dir)
         except Exception:  # noqa: BLE001 - an interpolation this early cannot resolve: run_lock still guards
             return
-        try:
-            refuse_if_busy(run_dir)
-        except RunDirInUse as busy:
-            raise SystemExit(busy.code) from None  # Hydra turns a callback's exception into a warning
+        refuse_if_busy(run_dir)  # RunDirInUse is a SystemExit: Hydra lets it through (unlike an Exception)
