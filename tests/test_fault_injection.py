@@ -123,6 +123,8 @@ def test_train_survives_random_kills(tmp_path):
         def check(where: str, run_dir=run_dir) -> None:
             _check_metrics(_lines(run_dir / "metrics.jsonl"), reference, where)
             for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
+                if ckpt.is_symlink():  # last.ckpt may dangle after a kill between Lightning's delete and relink:
+                    continue  # a resume then starts from the newest step checkpoint (stages.latest_checkpoint)
                 assert ckpt.stat().st_size > 0, f"{where}: empty checkpoint {ckpt.name}"
 
         _torture(f"train run {i}", _cmd("train.py", root, *TRAIN), root, seconds, 4, check, rng)
