@@ -8,6 +8,8 @@ sample records which one it carries.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -88,6 +90,14 @@ def request_seed(request: Request, sampling: SamplingConfig, index: int) -> int 
     if request.seed is not None:
         return request.seed
     return None if sampling.seed is None else sampling.seed + index
+
+
+def row_seed(seed: int | None, sample: int) -> int:
+    """The generator seed of sample ``sample`` (of n) of a request seeded ``seed``: a stable 63-bit mix, so
+    that no two (request, sample) pairs share a random stream (``None``: a fresh random seed)."""
+    if seed is None:
+        return int.from_bytes(os.urandom(8), "little") >> 1
+    return int.from_bytes(hashlib.blake2b(f"{seed}/{sample}".encode(), digest_size=8).digest(), "little") >> 1
 
 
 def request_max_tokens(request: Request, sampling: SamplingConfig) -> int:

