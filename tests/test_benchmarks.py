@@ -33,9 +33,9 @@ EXPECTED_CHECKS = {
                       "peak_rss_above_baseline"},
     "das_scoring": {"scoring_every_length_ran", "scores_finite", "scores_same_every_repeat", "scores_near_uniform",
                     "memory_meter_reads", "every_sentence_has_tokens", "alignment_conserves_logprob"},
-    "generation_throughput": {"scorers_agree", "seeded_sampling_repeats", "every_arm_produced_tokens",
-                              "vllm_ran_where_installed", "memory_every_chunk_ran", "memory_meter_reads",
-                              "memory_head_grows_with_chunk"},
+    "generation_throughput": {"every_arm_produced_tokens", "batched_equals_alone", "vllm_ran_where_installed"},
+    "scoring_throughput": {"scorers_agree", "every_arm_produced_tokens", "vllm_ran_where_installed",
+                           "memory_every_chunk_ran", "memory_meter_reads", "memory_head_grows_with_chunk"},
     "mixed_round": {"same_counts_every_repeat", "every_question_answered", "no_negative_part",
                     "student_and_teacher_tokens", "kept_records_become_samples", "derived_data_built_afresh",
                     "some_records_kept"},
@@ -106,9 +106,26 @@ def test_das_scoring_smoke(tmp_path):
 
 @pytest.mark.bench
 def test_generation_throughput_smoke(tmp_path):
-    """HF scores agree at every chunk size; without vLLM in this interpreter its arm is skipped with the reason."""
+    """Every cell has the batched and one-at-a-time HF arms with a ratio, a batched sample equals the same
+    request alone, and the batch-size sweep ran; without vLLM in this interpreter its arm is skipped with the
+    reason."""
     r = run_smoke("generation_throughput", tmp_path)
+    assert [(c["prompts"], c["n"]) for c in r["cells"]] == [(12, 1), (3, 4)]
+    assert all({"hf_batched", "hf_single"} <= set(c["arms"]) and c["batch_invariant"] for c in r["cells"])
+    assert all(c["ratios"]["hf_batched_over_hf_single"] > 0 for c in r["cells"])
+    assert list(next(iter(r["sweeps"].values()))["hf_batch_size"]) == ["16"]
+    if not HAS_VLLM:
+        assert "not installed" in r["vllm"]["tiny_teacher"]["skipped"]
+
+
+@pytest.mark.bench
+def test_scoring_throughput_smoke(tmp_path):
+    """HF scores agree at every chunk size, the head's peak grows with the chunk; without vLLM in this interpreter
+    its arm is skipped with the reason."""
+    r = run_smoke("scoring_throughput", tmp_path)
+    assert set(r["scoring"]["results"]) >= {"hf_c64", "hf_c256"} and "generation" not in r
     assert all(a["close"] for a in r["scoring"]["agreement"].values())
+    assert [c["chunk"] for c in r["memory"]["configs"]] == [64, 512]
     assert all(c["peak_above_baseline_mb"] > 0 for c in r["memory"]["configs"])
     if not HAS_VLLM:
         assert "not installed" in r["vllm"]["skipped"]
@@ -136,10 +153,20 @@ def test_train_mfu_smoke(tmp_path):
 @pytest.mark.bench
 @pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed")
 def test_generation_throughput_smoke_vllm(tmp_path):
-    """The vLLM arms: vLLM started, and its scores agree with HF's (2e-3)."""
+    """The vLLM arm: vLLM started with its CPU settings and every cell has its ratio to the batched HF arm."""
     r = run_smoke("generation_throughput", tmp_path)
+    assert r["vllm"]["tiny_teacher"]["skipped"] is None and r["vllm"]["tiny_teacher"]["enable_chunked_prefill"] is False
+    assert all("vllm_over_hf_batched" in c["ratios"] for c in r["cells"])
+
+
+@pytest.mark.vllm
+@pytest.mark.bench
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed")
+def test_scoring_throughput_smoke_vllm(tmp_path):
+    """The vLLM scoring arm: vLLM started, its prompt logprobs agree with HF's (2e-3), and it has a ratio."""
+    r = run_smoke("scoring_throughput", tmp_path)
     assert r["vllm"]["skipped"] is None and r["scoring"]["agreement"]["vllm"]["close"]
-    assert "ratio_vllm_over_hf" in r["generation"]
+    assert "vllm" in r["scoring"]["ratios_over_hf_c64"]
 
 
 @pytest.mark.vllm

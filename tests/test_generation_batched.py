@@ -74,16 +74,19 @@ def test_n_samples_have_their_own_streams(teacher, requests_64):
     assert _same(n1, alone[0])  # sample 0 of n is the n=1 sample
 
 
-def test_greedy_matches_transformers_generate(teacher, requests_64):
-    """Greedy decoding picks the same tokens as ``model.generate`` one request at a time, with the same raw
-    logprobs up to float rounding (row-wise matmul attention vs sdpa)."""
-    cfg = SamplingConfig(temperature=0, max_tokens=32)
+@pytest.mark.parametrize("penalty", [1.0, 1.5])
+def test_greedy_matches_transformers_generate(teacher, requests_64, penalty):
+    """Greedy decoding (with and without a repetition penalty over prompt and response) picks the same tokens as
+    ``model.generate`` one request at a time, with the same raw logprobs up to float rounding (row-wise matmul
+    attention vs sdpa)."""
+    cfg = SamplingConfig(temperature=0, max_tokens=32, repetition_penalty=penalty)
     ours = teacher.generate(requests_64[:6], cfg)
     reference = AutoModelForCausalLM.from_pretrained(str(asset_path("tiny_teacher")), dtype=torch.float32).eval()
     for r, (s,) in zip(requests_64[:6], ours, strict=True):
         prompt = render_prompt(teacher.tokenizer, r)
         with torch.inference_mode():
             out = reference.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False,
+                                     repetition_penalty=penalty,
                                      eos_token_id=sorted(teacher._stop_ids), pad_token_id=0,
                                      return_dict_in_generate=True, output_logits=True)
         ids = out.sequences[0, len(prompt):].tolist()

@@ -277,11 +277,10 @@ class TokenSampler:
     def __call__(self, logits_BV: torch.Tensor, rows: Sequence[Row]) -> tuple[list[int], list[float]]:
         logits_BV = logits_BV.float()
         scores_BV = logits_BV
-        if self.penalty is not None or self.warpers:
-            history = self._history(rows, logits_BV.device)
-            if self.penalty is not None:
-                scores_BV = self.penalty(history, scores_BV)
-            scores_BV = self.warpers(history, scores_BV)
+        if self.penalty is not None:
+            scores_BV = self.penalty(self._history(rows, logits_BV.device), scores_BV)
+        if self.warpers:  # temperature, top-k, top-p and min-p read the scores only
+            scores_BV = self.warpers(None, scores_BV)
         if self.greedy:
             tokens_B = scores_BV.argmax(-1)
         else:

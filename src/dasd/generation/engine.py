@@ -118,6 +118,7 @@ class Engine(ABC):
     """Generate from and score with one model."""
 
     name: str = "engine"
+    sampler: str | None = None  # the sampling scheme, where it is the engine's own (recorded with generated data)
     model_name: str
     tokenizer: PreTrainedTokenizerBase
 

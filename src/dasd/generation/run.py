@@ -7,7 +7,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dasd.config_checks import check_generate
@@ -39,9 +39,11 @@ ENGINE_RUNTIME_KEYS = ("base_url", "api_key_env", "max_concurrency", "timeout", 
 
 
 def teacher_identity(engine: dict) -> dict:
-    """The engine config without ``ENGINE_RUNTIME_KEYS``, plus the fingerprint of the model's weights."""
+    """The engine config without ``ENGINE_RUNTIME_KEYS``, plus the fingerprint of the model's weights and the
+    engine's sampling scheme (``Engine.sampler``: another scheme draws other samples from the same seeds)."""
     core = {k: v for k, v in engine.items() if k not in ENGINE_RUNTIME_KEYS}
-    return {**core, "weights": model_fingerprint(str(engine["model"]))}
+    sampler = getattr(get_class(engine["_target_"]), "sampler", None) if "_target_" in engine else None
+    return {**core, "weights": model_fingerprint(str(engine["model"])), "sampler": sampler}
 
 
 def _log_wandb(cfg: DictConfig, run_dir: Path, summary: dict, png: Path, config: dict) -> None:

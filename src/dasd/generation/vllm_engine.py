@@ -63,6 +63,7 @@ class VLLMEngine(Engine):
     """
 
     name = "vllm"
+    sampler = "vllm/row-seed/1"  # sample j of a request seeded s: its own request seeded row_seed(s, j)
 
     def __init__(self, model: str, dtype: str = "auto", seed: int = 0, logprob_mode: str = "raw",
                  max_model_len: int | None = None, max_num_batched_tokens: int | None = None,
