@@ -151,8 +151,8 @@ def _gen_cells(d: dict) -> list[list[str]]:
         rows.append([c["model"], f"{c['prompts']} × n={c['n']}", str(c["max_tokens"]), str(c["threads"]),
                      f"**{r['hf_batched_over_hf_single']:.1f}**", f"{r['hf_batched_over_hf_engine_one_per_call']:.1f}",
                      vllm, f"{a['hf_batched']['mean_output_tokens']:.0f}",
-                     f"{a['hf_batched']['peak_rss_above_start_mb']:.0f}"
-                     + (f" / {a['vllm']['peak_rss_above_start_mb']:.0f}" if "vllm" in a else "")])
+                     f"{a['hf_batched']['peak_above_start_mb']:.0f}"
+                     + (f" / {a['vllm']['peak_above_start_mb']:.0f}" if "vllm" in a else "")])
     return rows
 
 
@@ -487,7 +487,7 @@ def mixed_round_cpu(r: Results) -> str:
     vllm_gen = sum(vs[k] for k in ("student_rollout", "teacher_continuation", "assemble_filter"))
     bullets = (
         f"- **HF**: generation is {pc(hf['groups_share_of_total']['generation'])} of the round, the teacher "
-        f"continuation alone {pc(hs['teacher_continuation'])} (HF generates one request at a time). The rest is "
+        f"continuation alone {pc(hs['teacher_continuation'])}. The rest is "
         f"process overhead: {hp['rollout_overhead']:.0f} s and {hp['continue_overhead']:.0f} s for the two phases, "
         "almost all of it importing torch, transformers, hydra and lightning in the child (lightning only for "
         "`dasd.utils.logging`'s `rank_zero_only`).\n"

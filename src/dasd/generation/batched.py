@@ -299,9 +299,10 @@ class TokenSampler:
         return torch.tensor([[s[0]] * (width - len(s)) + s for s in seqs], device=device)
 
 
-def min_rows() -> int:
-    """Rows every forward has at least: 16, or 8 per torch thread where there are more than 2."""
-    return max(16, ROWS_PER_THREAD * torch.get_num_threads())
+def min_rows(device: torch.device | str = "cpu") -> int:
+    """Rows every forward has at least on CPU: 16, or 8 per torch thread where there are more than 2 (on CUDA
+    matmuls are not row-invariant anyway: 1)."""
+    return max(16, ROWS_PER_THREAD * torch.get_num_threads()) if torch.device(device).type == "cpu" else 1
 
 
 @functools.cache
@@ -339,7 +340,7 @@ class BatchedSampler:
         if not jobs:
             return results
         pending = deque(sorted(jobs, key=lambda j: -len(j.prompt)))  # long prompts first, equal ones together
-        self.min_rows = min_rows()
+        self.min_rows = min_rows(self.device)
         slots: list[Row | None] = [None] * max(self.min_rows, min(self.batch_size, sum(len(j.seeds) for j in jobs)))
         cache = SlotCache(len(slots), max(len(j.prompt) + j.max_tokens for j in jobs), self.device)
         while pending or any(slots):
