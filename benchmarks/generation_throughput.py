@@ -15,8 +15,10 @@ logprobs, which is what ``HFEngine`` did before it batched; on the first ``--sin
 each call runs alone its tokens/s does not depend on how many there are), ``hf_engine_one_per_call`` (today's
 ``HFEngine.generate`` called with one request at a time, same prompts: what a caller that does not batch
 gets) and ``vllm`` (``VLLMEngine`` with its CPU defaults). Each arm's tokens/s is its sampled tokens over the wall time of its calls; peak memory is the
-host's peak RSS above the arm's start (the vLLM KV cache is allocated when the engine is built, recorded apart).
-On the first cell two sweeps show the batch-size knobs: HF ``batch_size`` and vLLM ``max_num_seqs``.
+host's peak RSS above the arm's start (on CUDA: torch's peak allocated memory; the vLLM KV cache is allocated
+when the engine is built, recorded apart).
+On the first cell at the most threads two sweeps show the batch-size knobs: HF ``batch_size`` and vLLM
+``max_num_seqs``.
 
     .venv-vllm/bin/python benchmarks/generation_throughput.py            # CPU, the whole matrix, vLLM included
     .venv/bin/python benchmarks/generation_throughput.py --smoke         # seconds; HF arms only without vLLM
@@ -36,6 +38,7 @@ import time
 from pathlib import Path
 
 from memory_meters import (
+    CudaMemory,
     HostMemory,
     exit_code,
     machine,
@@ -60,7 +63,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--shapes", default="256x1,64x8", help="PROMPTSxN cells")
     p.add_argument("--max-tokens", default="128,512", help="new-token budgets")
     p.add_argument("--threads", default="1,2", help="torch threads per worker process (0: torch's default)")
-    p.add_argument("--single-prompts", type=int, default=16, help="prompts of the one-at-a-time arm (n=1 cells; "
+    p.add_argument("--single-prompts", type=int, default=8, help="prompts of the one-at-a-time arm (n=1 cells; "
                                                                   "n>1 cells: a quarter)")
     p.add_argument("--batch-sizes", default="32,64,128,256", help="HF batch_size sweep on the first cell")
     p.add_argument("--vllm-max-num-seqs", default="128,256,512", help="vLLM max_num_seqs sweep on the first cell")
@@ -134,7 +137,7 @@ def timed(fn, meter: HostMemory) -> dict:
     return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "samples": len(samples),
             "mean_output_tokens": tokens / max(1, len(samples)),
             "stopped": sum(s.finish_reason == "stop" for s in samples),
-            "peak_rss_above_start_mb": (meter.peak() - base) / MIB, "_out": out}
+            "peak_above_start_mb": (meter.peak() - base) / MIB, "_out": out}
 
 
 def single_generate(engine, requests: list, sampling) -> list:
@@ -199,7 +202,7 @@ def worker(args: argparse.Namespace) -> dict:
 
     if args.worker:
         torch.set_num_threads(args.worker)
-    meter = HostMemory()
+    meter = CudaMemory() if args.device == "cuda" else HostMemory()
     cells, sweeps, vllm_info = [], {}, {}
     longest = max(args.token_list) + 160  # chat prompts of the sample data are under 160 tokens
     for name in args.model_list:
@@ -219,7 +222,7 @@ def worker(args: argparse.Namespace) -> dict:
                 print("   " + ", ".join(f"{a} {v['tokens_per_s']:.0f} tok/s" for a, v in arms.items())
                       + " | " + ", ".join(f"{k} {v:.2f}" for k, v in cell["ratios"].items()), flush=True)
                 cells.append(cell)
-                if not sweeps:
+                if not sweeps and args.worker == max(args.thread_list):  # once, at the most threads
                     sweeps = sweep(hf, path, requests, sampling, args, meter, longest)
         if vllm is not None:
             vllm.close()
@@ -334,7 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"benchmark": "generation_throughput", "smoke": args.smoke,
               "config": {k: v for k, v in vars(args).items() if not k.endswith("_list")},
               "dtype": "float32", "temperature": args.temperature, "cells": cells,
-              "sweeps": {p["cells"][0]["threads"]: p["sweeps"] for p in parts if p["cells"]},
+              "sweeps": {p["cells"][0]["threads"]: p["sweeps"] for p in parts if p["cells"] and p["sweeps"]},
               "vllm": parts[0]["vllm"] if parts else {}, "summary": summarize(cells), "checks": checks,
               "machine": machine(), "versions": versions(), **provenance(__file__, argv),
               "loadavg_1_5_15": {"before": load_before, "after": os.getloadavg()},

@@ -179,6 +179,8 @@ def test_a_run_dir_never_mixes_or_silently_replaces_another_models_results(tmp_p
     first, rows = run()
     again, rows_again = run()  # same settings: nothing regenerated, same rows
     assert rows_again == rows and again["avg@k"] == first["avg@k"]
+    _, rows_batch = run("engine.batch_size=3", "engine.progress=true")  # how it runs, not what it samples
+    assert rows_batch == rows
     with pytest.raises(ValueError, match="holds the results of another evaluation.*overwrite=true"):
         run(BASE)
     _, rows_base = run(BASE, "overwrite=true")

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dasd.config_checks import check_evaluate
 from dasd.generation.engine import Engine, Request, SamplingConfig
+from dasd.generation.run import engine_identity
 from dasd.generation.shards import _atomic_write
 from dasd.training.loggers import resolve_wandb_mode
 from dasd.utils.logging import get_logger
@@ -237,7 +238,8 @@ def _evaluate(cfg: DictConfig) -> dict:
     task_key = {k_: v for k_, v in config["task"].items() if k_ != "limit"}  # more questions: keep the done ones
     key = config_hash({"model": cfg.model, "weights": model_fingerprint(cfg.model), "task": task_key, "k": k,
                        "seed": cfg.seed, "system_prompt": cfg.system_prompt, "sampling": config["sampling"],
-                       "chat_template_kwargs": config["chat_template_kwargs"], "engine": config["engine"]})
+                       "chat_template_kwargs": config["chat_template_kwargs"],
+                       "engine": engine_identity(config["engine"])})  # batch size etc. may change on a resume
     rows = _resume(run_dir, key, items, bool(cfg.resume), bool(cfg.get("overwrite", False)))
     done = {r["id"] for r in rows}
     todo = [it for it in items if it.id not in done]

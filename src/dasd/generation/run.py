@@ -38,12 +38,17 @@ ENGINE_RUNTIME_KEYS = ("base_url", "api_key_env", "max_concurrency", "timeout", 
                        "batch_size", "progress", "max_num_seqs")
 
 
-def teacher_identity(engine: dict) -> dict:
-    """The engine config without ``ENGINE_RUNTIME_KEYS``, plus the fingerprint of the model's weights and the
+def engine_identity(engine: dict) -> dict:
+    """What of an engine config decides its samples: the config without ``ENGINE_RUNTIME_KEYS``, plus the
     engine's sampling scheme (``Engine.sampler``: another scheme draws other samples from the same seeds)."""
     core = {k: v for k, v in engine.items() if k not in ENGINE_RUNTIME_KEYS}
     sampler = getattr(get_class(engine["_target_"]), "sampler", None) if "_target_" in engine else None
-    return {**core, "weights": model_fingerprint(str(engine["model"])), "sampler": sampler}
+    return {**core, "sampler": sampler}
+
+
+def teacher_identity(engine: dict) -> dict:
+    """``engine_identity`` plus the fingerprint of the model's weights."""
+    return {**engine_identity(engine), "weights": model_fingerprint(str(engine["model"]))}
 
 
 def _log_wandb(cfg: DictConfig, run_dir: Path, summary: dict, png: Path, config: dict) -> None:
