@@ -222,10 +222,13 @@ def worker(args: argparse.Namespace) -> dict:
                 print("   " + ", ".join(f"{a} {v['tokens_per_s']:.0f} tok/s" for a, v in arms.items())
                       + " | " + ", ".join(f"{k} {v:.2f}" for k, v in cell["ratios"].items()), flush=True)
                 cells.append(cell)
-                if not sweeps and args.worker == max(args.thread_list):  # once, at the most threads
-                    sweeps = sweep(hf, path, requests, sampling, args, meter, longest)
         if vllm is not None:
             vllm.close()
+        if not sweeps and args.worker == max(args.thread_list):  # once, at the most threads, on the first cell
+            prompts, n = args.shape_list[0]
+            sampling = SamplingConfig(n=n, temperature=args.temperature, max_tokens=args.token_list[0],
+                                      seed=args.seed)
+            sweeps = sweep(hf, path, build_requests(prompts), sampling, args, meter, longest)
         hf.close()
     return {"cells": cells, "sweeps": sweeps, "vllm": vllm_info}
 
@@ -255,7 +258,8 @@ def measure_cell(hf, vllm, requests: list, sampling, single_prompts: int, meter:
 
 
 def sweep(hf, path: str, requests: list, sampling, args, meter: HostMemory, longest: int) -> dict:
-    """The first cell again at each HF batch size and each vLLM max_num_seqs."""
+    """The first cell again at each HF batch size and each vLLM max_num_seqs (one vLLM engine alive at a time:
+    closing one in-process engine tears down the parallel state every other one uses)."""
     out = {"hf_batch_size": {}, "vllm_max_num_seqs": {}}
     for b in args.batch_list:
         hf.batch_size = b
@@ -290,9 +294,13 @@ def run_workers(args: argparse.Namespace, argv: list[str]) -> list[dict]:
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
         cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker", str(threads)]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env, timeout=7200)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(WORKER_MARK)]
-        print("\n".join(ln for ln in proc.stdout.splitlines() if not ln.startswith(WORKER_MARK)), flush=True)
+        lines = []
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) as proc:
+            for line in proc.stdout:  # each cell's line as it finishes
+                if line.startswith(WORKER_MARK):
+                    lines.append(line)
+                else:
+                    print(line, end="", flush=True)
         if proc.returncode != 0 or not lines:
             raise RuntimeError(f"worker ({threads} threads) exited with {proc.returncode}")
         results.append(json.loads(lines[-1][len(WORKER_MARK):]))

@@ -65,6 +65,30 @@ class DecodeSpans:
     """One decode step: row r sees cache positions ``[0, lengths[r])`` (its own tokens, left-aligned)."""
 
     lengths: torch.Tensor  # [rows], long
+    _bias: dict = field(default_factory=dict)  # built by the first layer, reused by the others
+
+    def reaching(self, start: int) -> int:
+        """How many leading rows to compute a page at ``start`` for: up to the last row whose keys reach it
+        (the sampler keeps rows ordered by length, so the rest are few)."""
+        key = ("reach", start)
+        if key not in self._bias:
+            reach = (self.lengths > start).nonzero()
+            self._bias[key] = int(reach.max()) + 1 if len(reach) else 0
+        return self._bias[key]
+
+    def bias(self, start: int, kv_heads: int, sliding_window: int | None, dtype) -> torch.Tensor:
+        """``[rows * kv_heads, 1, PAGE]`` for the rows ``reaching(start)``: 0 where a row sees the page's
+        position, -inf elsewhere."""
+        key = (start, kv_heads, sliding_window, dtype)
+        if key not in self._bias:
+            n = self.lengths[:self.reaching(start)].view(-1, 1)
+            pos = torch.arange(start, start + PAGE, device=n.device).view(1, -1)
+            hidden = pos >= n
+            if sliding_window is not None:
+                hidden |= pos <= n - 1 - sliding_window
+            bias = torch.zeros(hidden.shape, dtype=dtype, device=n.device).masked_fill_(hidden, float("-inf"))
+            self._bias[key] = bias.repeat_interleave(kv_heads, dim=0).unsqueeze(1)
+        return self._bias[key]
 
 
 def rowwise_attention(fallback: Callable) -> Callable:
@@ -81,7 +105,7 @@ def rowwise_attention(fallback: Callable) -> Callable:
                                       "engine's batched sampler; use engine=vllm for this model")
         scale = scaling or query.shape[-1] ** -0.5
         if isinstance(attention_mask, DecodeSpans):
-            out_BHTD = _paged_decode(query, key, value, attention_mask.lengths, scale, sliding_window)
+            out_BHTD = _paged_decode(query, key, value, attention_mask, scale, sliding_window)
         else:
             out_BHTD = query.new_zeros(query.shape)
             for a, b, n in attention_mask.groups:
@@ -109,34 +133,32 @@ def _prefill(q_BHTD, k_BKTD, v_BKTD, scale: float, sliding_window: int | None) -
     return torch.matmul(probs_BKGT, v_BKTD).reshape(B, H, T, D)
 
 
-def _paged_decode(q_BH1D, k_BKCD, v_BKCD, lengths_B, scale: float, sliding_window: int | None) -> torch.Tensor:
+def _paged_decode(q_BH1D, k_BKCD, v_BKCD, spans: DecodeSpans, scale: float,
+                  sliding_window: int | None) -> torch.Tensor:
     """One query per row over its first ``lengths[r]`` cache positions, in pages of ``PAGE`` positions combined
     in order (online softmax). Every row's pages sit at the same buffer positions and have the same shape
     whatever the batch, so its result depends on its own keys only; a page past a row's length adds exactly
-    nothing (weight 0)."""
+    nothing (weight 0). Batched matmuls over (row, key head): each row's product is its own."""
     B, H, _, D = q_BH1D.shape
-    K = k_BKCD.shape[1]
-    q_BKGD = q_BH1D.reshape(B, K, H // K, D)
-    lengths_B111 = lengths_B.view(B, 1, 1, 1)
+    K, C = k_BKCD.shape[1], k_BKCD.shape[2]
+    q_NGD = q_BH1D.reshape(B * K, H // K, D)  # N = rows x key heads; query head h reads key head h // (H / K)
+    k_NCD, v_NCD = k_BKCD.reshape(B * K, C, D), v_BKCD.reshape(B * K, C, D)
     m = total = o = None
-    for start in range(0, int(lengths_B.max()), PAGE):
-        stop = start + PAGE
-        pos_P = torch.arange(start, stop, device=q_BH1D.device)
-        hidden = pos_P >= lengths_B111
-        if sliding_window is not None:
-            hidden |= pos_P <= lengths_B111 - 1 - sliding_window
-        s_BKGP = (torch.matmul(q_BKGD, k_BKCD[:, :, start:stop].transpose(-1, -2)) * scale).float()
-        s_BKGP = s_BKGP.masked_fill(hidden, float("-inf"))
-        m_p = s_BKGP.amax(-1, keepdim=True)  # -inf: a page the row does not reach
-        e_BKGP = torch.exp(s_BKGP - torch.where(torch.isinf(m_p), torch.zeros_like(m_p), m_p))
-        total_p = e_BKGP.sum(-1, keepdim=True)
-        o_p = torch.matmul(e_BKGP.to(v_BKCD.dtype), v_BKCD[:, :, start:stop]).float()
-        if m is None:
+    for start in range(0, int(spans.lengths.max()), PAGE):
+        n = spans.reaching(start) * K  # rows past it do not reach this page: skipping it is exact
+        bias = spans.bias(start, K, sliding_window, torch.float32)
+        k_NPD, v_NPD = k_NCD[:n, start:start + PAGE], v_NCD[:n, start:start + PAGE]
+        s_NGP = torch.baddbmm(bias, q_NGD[:n].float(), k_NPD.float().transpose(1, 2), alpha=scale)
+        m_p = s_NGP.amax(-1, keepdim=True)  # -inf: a page the row does not reach
+        e_NGP = torch.exp(s_NGP - torch.where(torch.isinf(m_p), torch.zeros_like(m_p), m_p))
+        total_p = e_NGP.sum(-1, keepdim=True)
+        o_p = torch.bmm(e_NGP.to(v_NPD.dtype), v_NPD).float()
+        if m is None:  # every row reaches the first page
             m, total, o = m_p, total_p, o_p
             continue
-        m_new = torch.maximum(m, m_p)  # an unreached page: m_new = m, a = 1, b = 0 (exact no-op)
-        a, b = torch.exp(m - m_new), torch.exp(m_p - m_new)
-        m, total, o = m_new, total * a + total_p * b, o * a + o_p * b
+        m_new = torch.maximum(m[:n], m_p)  # an unreached page: m_new = m, a = 1, b = 0 (exact no-op)
+        a, b = torch.exp(m[:n] - m_new), torch.exp(m_p - m_new)
+        m[:n], total[:n], o[:n] = m_new, total[:n] * a + total_p * b, o[:n] * a + o_p * b
     return (o / total).to(q_BH1D.dtype).reshape(B, H, 1, D)
 
 
@@ -355,6 +377,8 @@ class BatchedSampler:
                     cache, slots = cache.grow(len(slots) - room), slots + [None] * -room
                     free = [i for i, r in enumerate(slots) if r is None]
                 self._admit(admitted, slots, free, cache, results)
+                order = sorted(range(len(slots)), key=lambda i: -int(cache.lengths[i]) if slots[i] else 1)
+                cache, slots = cache.keep(order), [slots[i] for i in order]  # longest first: see reaching()
             elif not pending and len(slots) > self.min_rows and 2 * live <= len(slots):
                 keep = [i for i, r in enumerate(slots) if r is not None]
                 keep += [i for i, r in enumerate(slots) if r is None][:max(0, self.min_rows - len(keep))]
