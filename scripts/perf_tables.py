@@ -494,9 +494,9 @@ def mixed_round_cpu(r: Results) -> str:
         f"- **vLLM**: the engine loads ({vp['student_load']:.1f} s and {vp['teacher_load']:.1f} s, much of it "
         f"`import vllm`) and the process overhead are {pc(vllm_fixed)} of the round; generation (rollout, "
         f"continuation, filters) {pc(vllm_gen)}. The two runs are separate processes, so the HF/vLLM comparison is "
-        f"not a measured ratio (vLLM's teacher continuation took "
-        f"{hp['teacher_continuation'] / vp['teacher_continuation']:.1f}× less time, its rollout "
-        f"{hp['student_rollout'] / vp['student_rollout']:.1f}× less).")
+        f"not a measured ratio (HF's time ÷ vLLM's: teacher continuation "
+        f"{hp['teacher_continuation'] / vp['teacher_continuation']:.1f}, student rollout "
+        f"{hp['student_rollout'] / vp['student_rollout']:.1f}).")
     return wrap(text) + "\n\n" + table(["part", "HF engines", "vLLM engines"], rows) + "\n\n" + wrap(bullets)
 
 
