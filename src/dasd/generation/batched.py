@@ -377,8 +377,10 @@ class BatchedSampler:
                     cache, slots = cache.grow(len(slots) - room), slots + [None] * -room
                     free = [i for i, r in enumerate(slots) if r is None]
                 self._admit(admitted, slots, free, cache, results)
-                order = sorted(range(len(slots)), key=lambda i: -int(cache.lengths[i]) if slots[i] else 1)
-                cache, slots = cache.keep(order), [slots[i] for i in order]  # longest first: see reaching()
+                lengths = cache.lengths.tolist()
+                order = sorted(range(len(slots)), key=lambda i: -lengths[i] if slots[i] else 1)
+                if order != list(range(len(order))):  # longest first (see reaching()); a copy only when it reorders
+                    cache, slots = cache.keep(order), [slots[i] for i in order]
             elif not pending and len(slots) > self.min_rows and 2 * live <= len(slots):
                 keep = [i for i, r in enumerate(slots) if r is not None]
                 keep += [i for i, r in enumerate(slots) if r is None][:max(0, self.min_rows - len(keep))]
