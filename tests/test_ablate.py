@@ -23,8 +23,10 @@ from dasd.world.ablate import check_overrides, parse_steps, resolve_world, run_r
 from dasd.world.generator import make_records, write_jsonl
 
 CONF = REPO / "conf"
-ROWS = {1: "abcdefg", 3: "abcdefg", 5: "abc", 7: "abcd"}  # method.md §10: the rows of each table
-ROW_FILES = sorted((REPO / "experiments" / "world").glob("*.yaml"))
+PAPER_ROWS = {1: "abcdefg", 3: "abcdefg", 5: "abc", 7: "abcd"}  # method.md §10: the rows of each table
+CONTROLS = {"T1h": "T1b", "T5d": "T3b"}  # issue 17's control rows -> the row whose step they start from
+ROWS = {1: "abcdefgh", 3: "abcdefg", 5: "abcd", 7: "abcd"}  # the paper's rows and the controls
+ROW_FILES = sorted((REPO / "experiments" / "world").glob("t*.yaml"))
 # method.md §10, AIME24 / AIME25 (avg@64); None where the paper reports "-"
 PAPER = {"T1a": (81.7, 71.9), "T1b": (83.1, 76.1), "T1c": (83.1, 78.9), "T1d": (85.2, 81.3),
          "T1e": (79.0, 71.3), "T1f": (82.9, 70.2), "T1g": (83.1, 73.1), "T3a": (81.7, 71.9),
@@ -121,7 +123,7 @@ def two_step(tmp_path_factory, world, search) -> tuple[Path, dict]:
     return out, read(out / "outputs" / "ablate" / "TT_seed1" / "row_result.json")
 
 
-def test_two_step_row_through_the_cli(two_step):
+def test_two_step_row_through_the_cli(two_step, world):
     """Each step trains in its own content-addressed folder from its parent's final weights, on its own
     teacher pool and sampler, and is evaluated; row_result.json has each step's evaluation and data counts."""
     out, result = two_step
@@ -145,6 +147,13 @@ def test_two_step_row_through_the_cli(two_step):
     assert m2["config"]["data"]["teacher_tokenizer"].endswith("teacher_a")
     pools = {read(Path(s["dir"]) / "step.json")["pool"] for s in (s1, s2)}
     assert len(pools) == 2 and all("/ablate/pools/" in p for p in pools)  # one pool per temperature
+    # each pool is sampled once over budget.pool_questions.a x 8 = 16 questions; a step reads its first 8
+    questions = [json.loads(line)["uuid"] for line in (world / "data" / "questions.jsonl").open()]
+    for p in map(Path, pools):
+        assert p.name == "first8.jsonl"
+        whole = [json.loads(line) for line in next((p.parent.parent / "data").glob("*.jsonl")).open()]
+        assert sorted({r["question_id"] for r in whole}) == sorted(questions[:16])
+        assert [json.loads(x) for x in p.open()] == [r for r in whole if r["question_id"] in questions[:8]]
     job = out / "outputs" / "ablate" / "TT_seed1"
     assert read(job / "manifest.json")["status"] == "completed"
     assert result["config"]["row"]["id"] == "TT" and result["versions"]["torch"]
@@ -176,6 +185,8 @@ def test_shared_prefix_is_reused_and_another_seed_is_not(two_step, world, search
     other = run_inprocess(out, overrides(search, world, "experiment=test/one", "seed=2", *TINY))
     o1 = other["steps"][0]
     assert not o1["reused"] and o1["key"] != s1["key"] and Path(o1["dir"]).parent.name == "seed2"
+    pool = {seed: read(Path(s["dir"]) / "step.json")["pool"] for seed, s in ((1, s1), (2, o1))}
+    assert pool[1] != pool[2]  # budget.pool_seed null: the teacher pool is resampled with the row's seed
     assert final_ckpt(s1).stat().st_mtime_ns == mtime
     again = run_inprocess(out, overrides(search, world, "experiment=test/one", *TINY))  # seed 1: free
     assert again["steps"][0]["reused"] and again["steps"][0]["dir"] == s1["dir"]
@@ -200,7 +211,10 @@ def test_every_row_composes(path, search):
     cfg = compose_row(path.stem, search)
     row = OmegaConf.to_container(cfg.row, resolve=True)
     assert row["id"].lower() == path.stem and row["table"] == int(row["id"][1]) and row["label"]
-    assert (row["paper"]["AIME24"], row["paper"]["AIME25"]) == PAPER[row["id"]]
+    if row["id"] in CONTROLS:  # not the paper's: no numbers to compare with
+        assert row["paper"] == {} and row["label"].startswith("control:")
+    else:
+        assert (row["paper"]["AIME24"], row["paper"]["AIME25"]) == PAPER[row["id"]]
     steps = parse_steps(OmegaConf.to_container(cfg.steps, resolve=True))
     assert steps or cfg.eval_base
     assert cfg.run_name == f"{row['id']}_seed1" and cfg.experiment_name == "ablate"
@@ -217,7 +231,7 @@ def test_every_table_row_has_one_file_and_shared_rows_share_steps(search):
     for row, same in SAME.items():
         assert _steps(row, search) == _steps(same, search), row
     for row, base in (("T1d", "T1a"), ("T1g", "T1e"), ("T5b", "T3b"), ("T5c", "T3b"), ("T7c", "T7b"),
-                      ("T7d", "T7c")):
+                      ("T7d", "T7c"), *CONTROLS.items()):
         prefix = _steps(base, search)
         assert _steps(row, search)[:len(prefix)] == prefix, row
     assert [s.mask_student_prefix for s in _steps("T5b", search)[1:]] == [True]
@@ -233,7 +247,7 @@ def test_sweeps_list_their_tables_rows_and_seeds(table):
     rows = params.experiment.split(",")
     tables = ROWS if table == "all" else {table: ROWS[table]}
     assert sorted(rows) == sorted(f"world/t{t}{c}" for t, cs in tables.items() for c in cs)
-    assert len(rows) == len(set(rows)) and len(set(str(params.seed).split(","))) >= 3
+    assert len(rows) == len(set(rows)) and len(set(str(params.seed).split(","))) >= 5  # issue 17: >= 5 seeds
 
 
 def test_bad_steps_fail_early():
@@ -246,7 +260,9 @@ def test_bad_steps_fail_early():
              ([{**RS_06, "questions": 0}], "steps[1].questions"),
              ([{**RS_06, "epochs": 2}], "unknown keys ['epochs']"),
              ([RS_06, {"stage": "mixed", "temperature": 1.0}], "drop ['temperature']"),
-             ([{**RS_06, "mask_student_prefix": True}], "only for stage: mixed")]
+             ([{**RS_06, "mask_student_prefix": True}], "only for stage: mixed"),
+             ([{**RS_06, "offpolicy_only": True}], "steps[1].offpolicy_only: only for stage: mixed"),
+             ([RS_06, {"stage": "mixed", "offpolicy_only": "yes"}], "steps[2].offpolicy_only: expected true")]
     for steps, message in cases:
         with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
             parse_steps(steps)
@@ -299,6 +315,8 @@ EXPECTED = {
     "T5a": [("1", "a", 0.6, "divergence", 1)],
     "T5b": [("1", "a", 0.6, "divergence", 1), ("mixed", True)],
     "T5c": [("1", "a", 0.6, "divergence", 1), ("mixed", False)],
+    "T1h": [("1", "a", 1.0, "random", 1), ("2", "a", 1.0, "random", 1)],  # control: no temperature change
+    "T5d": [("1", "a", 0.6, "divergence", 1), ("mixed", "offpolicy_only")],  # control: no revision round
     "T7a": [],
     "T7b": [("1", "a", 0.6, "divergence", 2)],
     "T7c": [("1", "a", 0.6, "divergence", 2), ("2", "a", 1.0, "divergence", 2)],
@@ -310,6 +328,21 @@ def test_every_row_is_the_papers_row(search):
     """Each row file's chain is the paper's row: stage, teacher, temperature, RS/DAS, data size, mask."""
     assert sorted(EXPECTED) == sorted(f"T{t}{c}" for t, cs in ROWS.items() for c in cs)
     for row_id, expected in EXPECTED.items():
-        got = [("mixed", s.mask_student_prefix) if s.stage == "mixed" else
+        got = [("mixed", "offpolicy_only" if s.offpolicy_only else s.mask_student_prefix) if s.stage == "mixed" else
                (s.stage, s.teacher, s.temperature, s.sampler, s.questions) for s in _steps(row_id, search)]
         assert got == expected, row_id
+
+
+def test_learning_curve_row_and_sweep(search):
+    """experiments/world/curve.yaml: one stage-1 step (teacher a, T=0.6, RS) at curve_questions x the unit
+    budget, its id and run name carrying the budget; sweeps/world_curve.yaml runs >= 5 budgets up to the
+    world's whole question pool."""
+    cfg = compose_ablate(overrides(search, None, "experiment=world/curve", "curve_questions=0.25",
+                                   "paths.run_dir=/tmp/unused"))
+    assert (cfg.row.id, cfg.run_name, cfg.row.table) == ("LC0.25", "LC0.25_seed1", 0)
+    (step,) = parse_steps(OmegaConf.to_container(cfg.steps, resolve=True))
+    assert (step.stage, step.teacher, step.temperature, step.sampler, step.questions) == ("1", "a", 0.6,
+                                                                                         "random", 0.25)
+    sweep = OmegaConf.load(REPO / "sweeps" / "world_curve.yaml")
+    budgets = [float(x) for x in str(sweep.hydra.sweeper.params.curve_questions).split(",")]
+    assert len(budgets) >= 5 and max(budgets) == sweep.budget.pool_questions.a

@@ -9,6 +9,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,15 @@ ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FUL
 PAPER = {"T3a": {"AIME24": 81.7, "AIME25": 71.9}, "T3b": {"AIME24": 83.3, "AIME25": 74.2},
          "T3c": {"AIME24": 83.1, "AIME25": 76.1}, "T3e": {"AIME24": 85.0, "AIME25": 79.2},
          "T7a": {"AIME24": None, "AIME25": 47.4}, "T7b": {"AIME24": 84.2, "AIME25": 74.0},
-         "T7c": {"AIME24": 87.7, "AIME25": 83.0}, "T7d": {"AIME24": 88.5, "AIME25": 83.3}}
+         "T7c": {"AIME24": 87.7, "AIME25": 83.0}, "T7d": {"AIME24": 88.5, "AIME25": 83.3},
+         "T1d": {"AIME24": 85.2, "AIME25": 81.3}, "T1h": {}}  # T1h: a control row, no paper numbers
+ANALYSIS = {"student_sentence_share": 0.07, "cutoff_ratio_by_length": [["<200", 0.05], ["200-400", 0.2], [812.5, 0.3]],
+            "learning_curve": [{"budget": b, "accuracy": a, "ci95": [a - 2, a + 2]}
+                               for b, a in ((100, 20.0), (200, 30.0), (400, 38.0), (800, 44.0), (1600, 47.0))],
+            "unit_budget": 400}
+SUMMARY_KEYS = {"teacher_accuracy", "student_base_accuracy", "distilled_accuracy", "mde_points",
+                "student_sentence_share", "cutoff_ratio_by_length", "seeds", "heldout_questions", "k", "wall_hours",
+                "wall_hours_note", "contrasts"}
 # toy avg@k per row over seeds 1, 2, 3: T3b > T3a by far more than the std; T3e < T3c (against the paper)
 TOY = {"T3a": [30.0, 32.0, 34.0], "T3b": [40.0, 41.0, 45.0], "T3c": [50.0, 52.0, 51.0],
        "T3e": [49.0, 51.0, 50.0], "T7a": [10.0, 12.0, 11.0], "T7b": [20.0, 26.0, 23.0],
@@ -50,9 +59,26 @@ def make_result(row: str, seed: int, avg: float, **extra) -> dict:
     return json.loads(json.dumps(result))  # a deep copy: tests may edit it
 
 
-def write_result(root: Path, name: str, result: dict, mtime: float | None = None) -> Path:
+def question_rows(avg: float, n: int, seed: int) -> list[dict]:
+    """n per-question results whose mean accuracy is avg/100 exactly: avg ± a zero-mean pattern (per seed)."""
+    spread = min(avg, 100 - avg) / 100 / 2
+    pattern = [(((q + seed) * 7) % 5 - 2) / 2 for q in range(n)]  # -1 .. 1, mean 0 over every 5 questions
+    return [{"id": f"q{q}", "accuracy": avg / 100 + spread * p, "correct": [True] * 4,
+             "response_tokens": [80] * 4} for q, p in enumerate(pattern)]
+
+
+def write_result(root: Path, name: str, result: dict, mtime: float | None = None, questions: bool = True) -> Path:
+    """row_result.json under root/name, and (``questions``) its final evaluation's results.jsonl beside it,
+    named by ``final.results`` as ablate.py writes it."""
     path = root / name / RESULT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
+    if questions:
+        final = result["final"]
+        jsonl = path.parent / "eval" / "results.jsonl"
+        jsonl.parent.mkdir(exist_ok=True)
+        jsonl.write_text("".join(json.dumps(r) + "\n" for r in question_rows(final["avg@k"], final["n_questions"],
+                                                                              result["seed"])))
+        final["results"] = str(jsonl)
     path.write_text(json.dumps(result))
     if mtime is not None:
         os.utime(path, (mtime, mtime))
@@ -106,14 +132,105 @@ def test_contrasts_are_computed_from_the_numbers(sweep, tmp_path):
     assert hot["same_direction"] is False and hot["beyond_std"] is False
     assert by_pair[("T3d", "T3e")]["missing"] == ["T3d"]
     assert all(by_pair[p]["same_direction"] for p in [("T7a", "T7b"), ("T7b", "T7c"), ("T7c", "T7d")])
+    # the paired interval over questions and seeds: every question paired, so its diff is the seeds' mean diff
+    assert das["id"] == "T3a-T3b" and das["diff"] == pytest.approx(das["toy_diff"], abs=1e-9)
+    assert (das["n_seeds"], das["n_questions"], das["expected_sign"]) == (3, 120, 1)
+    assert das["ci_low"] < 10 < das["ci_high"] and das["ci_low"] > 0 and das["verdict"] == "reproduced"
+    assert hot["ci_high"] < 0 and hot["verdict"] == "contradicted" and hot["mde"] > 0
+    assert by_pair[("T7a", "T7d")]["paper_diff"] == pytest.approx(35.9)  # the whole recipe, paper's numbers
+    assert by_pair[("T7a", "T7d")]["verdict"] == "reproduced"
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "- T3b vs T3a (DAS vs RS at T=0.6): paper AIME25 +2.3; toy avg@k +10.0 (combined std 3.3) → same " \
-           "direction as the paper, |diff| > combined std" in md
-    assert "opposite direction to the paper, |diff| ≤ combined std" in md
-    assert "**Paper's ordering reproduced?** 1 of 2 contrasted pairs" in md  # table 3: T3b>T3a yes, T3e>T3c no
+    assert "| contrast (b − a) | what | paper AIME25 diff | toy diff [95% CI] | MDE | seeds × questions | " \
+           "verdict |" in md
+    lo, hi = (f"{das[k]:+.1f}" for k in ("ci_low", "ci_high"))
+    assert f"| T3a-T3b | DAS vs RS at T=0.6 | +2.3 | +10.0 [{lo}, {hi}] | {das['mde']:.1f} | 3 × 120 | " \
+           "reproduced |" in md
+    assert "| T3d-T3e | 50K DAS vs 100K RS at T=1.0 | — | — | — | — | not in the results: T3d |" in md
+    assert "**Verdicts (paired 95% interval vs the expected direction):** 1 reproduced, 1 contradicted, " \
+           "2 not run. All row pairs: 5 of 6 ordered as the paper's AIME25." in md
     assert "- T7a → T7b → T7c → T7d: paper AIME25 47.4 → 74.0 → 83.0 → 83.3; toy avg@k 11.0 → 23.0 → 31.0 → " \
-           "33.0; 3 of 3 steps in the paper's direction" in md
+           "33.0; 3 of 3 steps reproduced, 3 in the paper's direction" in md  # T7a-T7d is no step of the chain
     assert all(len(c.rows) >= 2 and c.table == int(c.rows[0][1]) for c in CONTRASTS)
+
+
+def test_summary_json_figures_and_extra_path(sweep, tmp_path):
+    """summary.json holds the issue's keys, from the results and the world-analysis file; it is also written to
+    summary_path; the analysis draws the learning curve and the cut-off bars."""
+    analysis = tmp_path / "analysis.json"
+    analysis.write_text(json.dumps(ANALYSIS))
+    extra = tmp_path / "docs" / "results" / "summary.json"
+    rep = write_report([sweep], tmp_path / "out", analysis=analysis, summary_path=extra)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary) and json.loads(extra.read_text()) == summary == rep["summary"]
+    assert (summary["teacher_accuracy"], summary["student_base_accuracy"], summary["distilled_accuracy"]) == (
+        94.0, pytest.approx(11.0), pytest.approx(33.0))
+    assert summary["seeds"] == [1, 2, 3] and summary["heldout_questions"] == 120 and summary["k"] == 4
+    assert summary["wall_hours"] == pytest.approx(8 * (61 + 62 + 63) / 3600) and "sum" in summary["wall_hours_note"]
+    assert summary["student_sentence_share"] == 0.07 and summary["cutoff_ratio_by_length"][1] == ["200-400", 0.2]
+    paired = [c for c in summary["contrasts"] if c["mde"] is not None]
+    assert len(summary["contrasts"]) == 8 and len(paired) == 6  # T3d-T3e and T3f-T3g: rows not run
+    assert summary["mde_points"] == max(c["mde"] for c in paired) and summary["mde_points"] > 0
+    assert {"id", "diff", "ci_low", "ci_high", "verdict", "what", "table", "paper_diff"} <= set(paired[0])
+    for name in ("contrasts.png", "learning_curve.png", "cutoff_by_length.png"):
+        png = (tmp_path / "out" / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, name
+    assert "**Summary** (summary.json): teacher 94.0%, student base 11.0%, distilled (T7d) 33.0%" in \
+        (tmp_path / "out" / "report.md").read_text()
+    bare = write_report([sweep], tmp_path / "bare")  # no analysis: nulls, no analysis figures
+    assert bare["summary"]["student_sentence_share"] is None and bare["summary"]["cutoff_ratio_by_length"] is None
+    assert not (tmp_path / "bare" / "learning_curve.png").exists()
+    analysis.write_text(json.dumps({"learning_curve": {"budget": 1}}))
+    with pytest.raises(ValueError, match="analysis.json: key 'learning_curve' must be"):
+        write_report([sweep], tmp_path / "bad", analysis=analysis)
+
+
+def test_control_contrast_direction_is_the_claim(tmp_path):
+    """T1h (stage 2 at T=1.0 after stage 1 at T=1.0) has no paper numbers: T1h-T1d is judged against the
+    method's claim (+); a T1d below T1h on every seed contradicts it."""
+    for seed in (1, 2, 3):
+        write_result(tmp_path, f"T1h_{seed}", make_result("T1h", seed, 40.0 + seed))
+        write_result(tmp_path, f"T1d_{seed}", make_result("T1d", seed, 30.0 + seed))
+    rep = write_report([tmp_path], tmp_path / "out")
+    c = {c["id"]: c for c in rep["tables"][1]["contrasts"]}["T1h-T1d"]
+    assert (c["paper_diff"], c["expected_sign"], c["expected_from"]) == (None, 1, "claim")
+    assert c["diff"] == pytest.approx(-10.0) and c["ci_high"] < 0 and c["verdict"] == "contradicted"
+    assert "| T1h-T1d | schedule T=0.6→1.0 vs a warmup restart at T=1.0 (stage 2 at T=1.0 after stage 1 at T=1.0) " \
+           "| — (claim: +) | -10.0 [" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_missing_per_question_results_fail_or_fall_back(sweep, tmp_path):
+    """A missing results.jsonl stops the report naming the row_result.json and the path; per_question=optional
+    falls back to the seed-level comparison for that row's contrasts and says so."""
+    gone = sweep / "T3b_seed2" / "eval" / "results.jsonl"
+    gone.unlink()
+    with pytest.raises(ValueError) as e:
+        write_report([sweep], tmp_path / "out")
+    assert str(sweep / "T3b_seed2" / RESULT_FILE) in str(e.value) and str(gone) in str(e.value)
+    rep = write_report([sweep], tmp_path / "out", per_question="optional")
+    c = {c["id"]: c for c in rep["tables"][3]["contrasts"]}
+    assert c["T3a-T3b"]["method"].startswith("seed-level only") and c["T3a-T3b"]["ci_low"] is None
+    assert c["T3a-T3b"]["diff"] == pytest.approx(10.0) and c["T3c-T3e"]["verdict"] == "contradicted"
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "**Per-question results missing for 1 result(s)** (per_question=optional)" in md
+    assert "seed-level only: same direction as the paper, \\|diff\\| > combined std" in md  # | escaped
+    with pytest.raises(ValueError, match="per_question: expected one of"):
+        write_report([sweep], tmp_path / "out", per_question="maybe")
+
+
+def test_unpaired_questions_are_a_warning(sweep, tmp_path):
+    """A seed of T3b evaluated on one question fewer: that question leaves the pairing in every seed (questions
+    are crossed with seeds), its cells are counted per side and flagged."""
+    path = sweep / "T3b_seed1" / RESULT_FILE
+    result = json.loads(path.read_text())
+    rows = question_rows(40.0, 120, 1)[1:]  # question q0 missing
+    Path(result["final"]["results"]).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result["final"].update(n_questions=119, **{"avg@k": 100 * statistics.fmean(r["accuracy"] for r in rows)})
+    path.write_text(json.dumps(result))
+    rep = write_report([sweep], tmp_path / "out")
+    c = {c["id"]: c for c in rep["tables"][3]["contrasts"]}["T3a-T3b"]
+    assert c["dropped_cells"] == {"a": 3, "b": 2} and c["n_questions"] == 119  # q0 of every seed
+    assert "T3a-T3b: 3 (seed, question) cell(s) of T3a and 2 of T3b not paired" in " ".join(
+        rep["tables"][3]["warnings"])
 
 
 def test_duplicates_newest_first_and_mixed_worlds_flagged(sweep, tmp_path, caplog):
@@ -162,7 +279,7 @@ def test_malformed_result_names_file_and_key(tmp_path, drop, key):
     for part in drop[:-1]:
         target = target[part]
     del target[drop[-1]]
-    path = write_result(tmp_path, "bad", result)
+    path = write_result(tmp_path, "bad", result, questions=False)
     with pytest.raises(ValueError) as e:
         load_result(path)
     assert str(path) in str(e.value) and repr(key) in str(e.value)
@@ -176,14 +293,20 @@ def test_malformed_result_names_file_and_key(tmp_path, drop, key):
 
 def test_cli_logger_none(sweep, tmp_path):
     """`python report.py runs=<dir> logger=none` writes every output into its run dir and no W&B run."""
+    analysis = tmp_path / "analysis.json"
+    analysis.write_text(json.dumps(ANALYSIS))
     cmd = [sys.executable, str(REPO / "report.py"), f"runs={sweep}", f"paths.root_dir={tmp_path}", "logger=none",
-           "run_name=report/cli"]
+           "run_name=report/cli", f"analysis={analysis}", "summary_path=docs/summary.json", "bootstrap.resamples=500"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = tmp_path / "outputs" / "ablate" / "report" / "cli"
-    assert {"report.md", "report.json", "table3.png", "table7.png"} <= {p.name for p in out.iterdir()}
+    assert {"report.md", "report.json", "summary.json", "contrasts.png", "table3.png", "table7.png"} <= {
+        p.name for p in out.iterdir()}
     assert "## Table 3" in (out / "report.md").read_text() and not (out / "wandb").exists()
     assert "T3b 42.0 ± 2.6 (n=3)" in (out / "report.log").read_text()
+    summary = json.loads((tmp_path / "docs" / "summary.json").read_text())  # relative to the working dir
+    assert summary == json.loads((out / "summary.json").read_text()) and summary["student_sentence_share"] == 0.07
+    assert json.loads((out / "report.json").read_text())["tables"]["3"]["contrasts"][0]["resamples"] == 500
 
 
 def test_wandb_offline_run_holds_the_tables(sweep, tmp_path):
@@ -194,8 +317,12 @@ def test_wandb_offline_run_holds_the_tables(sweep, tmp_path):
     report(cfg)
     files = run_files(tmp_path / "run")
     assert len(files) == 1
+    for _ in range(50):  # W&B offline can return from finish() before its writer flushed the file (~1 in 10 runs)
+        if files[0].stat().st_size > 7:  # more than the file header
+            break
+        time.sleep(0.2)
     logged = {k for h in read_history(files[0]) for k in h}
     assert {"report/table3/nrows", "report/table7/nrows", "report/contrasts/nrows",
-            "report/table3_plot/path"} <= logged, logged
+            "report/table3_plot/path", "report/contrasts_plot/path"} <= logged, logged
     runs = [r.run for r in read_records(files[0]) if r.WhichOneof("record_type") == "run"]
     assert runs and runs[0].job_type == "report" and runs[0].run_group == "ablate"

@@ -278,7 +278,7 @@ class MixedTeacher(MixedStudent):
 
 
 class Mixed(Section):
-    n_questions: PosInt | None
+    n_questions: NonNegInt | None  # 0 (stage=mixed): no round, the off-policy samples alone (a control)
     extra_offpolicy: NonNegInt
     cap_factor: PosNumber
     mask_student_prefix: Bool

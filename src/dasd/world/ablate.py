@@ -37,9 +37,9 @@ log = get_logger(__name__)
 STAGES = ("1", "2", "mixed")
 TEACHERS = ("a", "b")
 SAMPLERS = ("random", "divergence")
-STEP_KEYS = {"stage", "teacher", "temperature", "sampler", "questions", "mask_student_prefix"}
+STEP_KEYS = {"stage", "teacher", "temperature", "sampler", "questions", "mask_student_prefix", "offpolicy_only"}
 EVAL_KEYS = ("avg@k", "ci95", "truncation_rate", "unfinished_rate", "mean_response_tokens", "n_questions",
-             "k")
+             "k", "results")
 CACHE_VERSION = 2  # bump when a change of this module changes what a cached step or pool holds
 # train.py keys the runner sets itself: a train_override of one of these would be silently replaced
 OWNED_KEYS = ("stage", "sampler", "seed", "paths", "student.name_or_path", "data.path", "data.format",
@@ -59,6 +59,7 @@ class Step:
     sampler: str | None = None
     questions: float | None = None
     mask_student_prefix: bool | None = None
+    offpolicy_only: bool | None = None  # mixed: no revision round, the off-policy samples alone (a control)
 
     def settings(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -66,6 +67,8 @@ class Step:
     def describe(self) -> str:
         if self.stage == "mixed":
             mask = str(self.mask_student_prefix).lower()
+            if self.offpolicy_only:
+                return "mixed, off-policy samples only (no revision round)"
             return f"mixed (mask_student_prefix={mask}, teacher {self.teacher})"
         return (f"stage{self.stage} ({self.sampler}, T={self.temperature!r}, teacher {self.teacher}, "
                 f"{self.questions:g}x questions)")
@@ -97,13 +100,15 @@ def parse_steps(raw: list) -> list[Step]:
             if extra := {"temperature", "sampler", "questions"} & set(s):
                 raise ValueError(f"{where}: a mixed step takes its questions from the earlier steps; "
                                  f"drop {sorted(extra)} (budget.mixed sets the counts)")
-            mask = s.get("mask_student_prefix", False)
-            if not isinstance(mask, bool):
-                raise ValueError(f"{where}.mask_student_prefix: expected true or false, got {mask!r}")
-            steps.append(Step("mixed", teacher, mask_student_prefix=mask))
+            mask, only = s.get("mask_student_prefix", False), s.get("offpolicy_only", False)
+            for name, value in (("mask_student_prefix", mask), ("offpolicy_only", only)):
+                if not isinstance(value, bool):
+                    raise ValueError(f"{where}.{name}: expected true or false, got {value!r}")
+            steps.append(Step("mixed", teacher, mask_student_prefix=mask, offpolicy_only=only or None))
             continue
-        if "mask_student_prefix" in s:
-            raise ValueError(f"{where}.mask_student_prefix: only for stage: mixed")
+        for name in ("mask_student_prefix", "offpolicy_only"):
+            if name in s:
+                raise ValueError(f"{where}.{name}: only for stage: mixed")
         temperature, sampler = s.get("temperature"), s.get("sampler", "random")
         questions = s.get("questions", 1)
         if not _positive(temperature):
@@ -212,12 +217,51 @@ class Ablation:
         return n
 
     # --- teacher pools -------------------------------------------------------------------------------------
+    def pool_seed(self) -> int:
+        """The teacher's sampling seed: ``budget.pool_seed``, or the row's seed when it is null (pools
+        resampled per seed, so the pool's randomness is part of the seeds' spread)."""
+        b = self.budget
+        return self.seed if b.get("pool_seed") is None else int(b["pool_seed"])
+
     def pool(self, teacher: str, temperature: float, n: int) -> tuple[str, Path]:
-        """(the pool's key, its shard file): K candidates per question for the first ``n`` training
-        questions, sampled now or found complete in ``pools/<key>/``."""
+        """(the pool's key, its file): K candidates per question for the first ``n`` training questions.
+
+        The pool is sampled once over ``budget.pool_questions[teacher]`` x ``budget.questions`` questions
+        (or ``n`` if more) into ``pools/<key>/``; a step that needs fewer questions reads the first ``n`` of them
+        (``subsets/first<n>.jsonl``). Sample seeds depend on the question, not on how many are sampled, so
+        the subset is exactly the pool a run over ``n`` questions would draw."""
+        b = self.budget
+        most = b.get("pool_questions") or {}
+        most = most.get(teacher, 0) if isinstance(most, dict) else most
+        n_pool = max(n, min(self.n_train, round(float(most or 0) * int(b["questions"]))))
+        key, out = self._sample_pool(teacher, temperature, n_pool)
+        if n == n_pool:
+            return key, out
+        return f"{key}/first{n}", self._subset(out, n)
+
+    def _subset(self, pool: Path, n: int) -> Path:
+        """The records of ``pool`` whose question is one of the world's first ``n`` training questions."""
+        path = pool.parent.parent / "subsets" / f"first{n}.jsonl"
+        if path.is_file():
+            return path
+        ids = set()
+        with (self.world / "data" / "questions.jsonl").open(encoding="utf-8") as f:
+            for line, _ in zip(f, range(n), strict=False):  # the first n lines
+                obj = json.loads(line)
+                ids.add(str(obj.get("id", obj.get("uuid"))))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with pool.open(encoding="utf-8") as src, tmp.open("w", encoding="utf-8") as dst:
+            for line in src:
+                if json.loads(line)["question_id"] in ids:
+                    dst.write(line)
+        tmp.replace(path)
+        return path
+
+    def _sample_pool(self, teacher: str, temperature: float, n: int) -> tuple[str, Path]:
         b = self.budget
         spec = {"v": CACHE_VERSION, "world": self.world_key, "teacher": teacher, "temperature": temperature,
-                "questions": n, "samples_per_question": b["samples_per_question"], "seed": b["pool_seed"],
+                "questions": n, "samples_per_question": b["samples_per_question"], "seed": self.pool_seed(),
                 "max_tokens": b["teacher_max_tokens"], "system_prompt": self.system_prompt,
                 "overrides": [str(o) for o in self.cfg.generate_overrides]}
         key = config_hash(spec)
@@ -239,7 +283,7 @@ class Ablation:
                 "teacher.system_prompt": self.system_prompt,
                 "questions": str(self.world / "data" / "questions.jsonl"), "max_questions": n,
                 "samples_per_question": b["samples_per_question"], "temperature": temperature,
-                "seed": b["pool_seed"], "sampling.max_tokens": b["teacher_max_tokens"],
+                "seed": self.pool_seed(), "sampling.max_tokens": b["teacher_max_tokens"],
                 "progress": bool(self.cfg.progress)})
             out = generate(gcfg)
             seconds = time.perf_counter() - t0
@@ -290,7 +334,8 @@ class Ablation:
             values.update({"data.path": str(folder / "mixed" / "train.jsonl"),  # written by the stage's round
                            "train.epochs": int(m["epochs"]),
                            "mixed.question_runs": [str(p) for p in question_runs],
-                           "mixed.n_questions": max(1, round(m["questions"] * b["questions"])),
+                           "mixed.n_questions": 0 if step.offpolicy_only else
+                           max(1, round(m["questions"] * b["questions"])),
                            "mixed.extra_offpolicy": round(m["extra_offpolicy"] * b["questions"]),
                            "mixed.mask_student_prefix": bool(step.mask_student_prefix),
                            "mixed.teacher.model": teacher_dir, "mixed.teacher.format": "plain",
@@ -334,7 +379,7 @@ class Ablation:
         sig_file, summary_file = folder / "ablate_eval.json", folder / "summary.json"
         if not fresh and summary_file.is_file() and sig_file.is_file() and \
                 json.loads(sig_file.read_text()) == signature:
-            return json.loads(summary_file.read_text()), True
+            return {**json.loads(summary_file.read_text()), "results": str(folder / "results.jsonl")}, True
         from dasd.eval.run import evaluate
 
         choices = ["task=world", f"logger={self.cfg.logger.name}", *[str(o) for o in self.cfg.eval_overrides]]
@@ -346,7 +391,7 @@ class Ablation:
         sig_file.unlink(missing_ok=True)
         summary = evaluate(ecfg)
         sig_file.write_text(json.dumps(signature, indent=2))
-        return summary, False
+        return {**summary, "results": str(folder / "results.jsonl")}, False  # per question: the paired contrasts
 
 
 def eval_fields(summary: dict) -> dict:

@@ -35,6 +35,7 @@ from dasd.utils.logging import get_logger
 from dasd.utils.run import config_hash, git_revision, versions, write_json
 from dasd.world.generator import fact_records, make_records, write_jsonl
 from dasd.world.models import init_model, train_tokenizer
+from dasd.world.walk import WalkSettings
 
 log = get_logger(__name__)
 ROOT = Path(__file__).resolve().parents[3]  # the repository: train.py and evaluate.py live here
@@ -62,9 +63,10 @@ def model_key(settings: dict, role: str) -> str:
             else {"n_student_pretrain": d["n_student_pretrain"], "n_student_facts": d["n_student_facts"],
                   "weak_correct": settings["weak_correct"]})
     spec = {k: v for k, v in settings[role].items() if k != "weaker_epoch"}
+    gen = {"families": settings.get("families"), "walk": settings.get("walk")}  # absent in a first-world config
     return config_hash({"version": WORLD_VERSION, "role": role, "seed": settings["seed"],
                         "difficulty": settings["difficulty"], "system_prompt": settings.get("system_prompt"),
-                        "data": data, "spec": spec})
+                        "data": data, "spec": spec, **({"generator": gen} if any(gen.values()) else {})})
 
 
 def world_dir(world_cfg: DictConfig | dict, output_dir: str | Path) -> Path:
@@ -176,16 +178,17 @@ def build_world(world_cfg: DictConfig | dict, wdir: Path) -> dict:
     seed, diff = int(s["seed"]), tuple(s["difficulty"])
     d = s["data"]
     weak_correct = {int(k): float(v) for k, v in s["weak_correct"].items()}
+    gen = {"families": s.get("families"), "walk": WalkSettings.from_dict(s.get("walk"))}
     files = {
-        "teacher_train.jsonl": make_records(d["n_teacher_train"], seed=seed, difficulty=diff, style="teacher")
-        + fact_records(d["n_teacher_facts"], seed=seed, difficulty=diff),
+        "teacher_train.jsonl": make_records(d["n_teacher_train"], seed=seed, difficulty=diff, style="teacher", **gen)
+        + fact_records(d["n_teacher_facts"], seed=seed, difficulty=diff, families=gen["families"]),
         "student_pretrain.jsonl": make_records(d["n_student_pretrain"], seed=seed + 1, difficulty=diff,
-                                               style="weak", weak_correct=weak_correct)
-        + fact_records(d["n_student_facts"], seed=seed + 1, difficulty=diff),
+                                               style="weak", weak_correct=weak_correct, **gen)
+        + fact_records(d["n_student_facts"], seed=seed + 1, difficulty=diff, families=gen["families"]),
         "questions.jsonl": make_records(d["n_questions"], seed=seed + 2, difficulty=diff, style="teacher",
-                                        unique=True),
+                                        unique=True, **gen),
         "heldout.jsonl": make_records(d["n_heldout"], seed=seed, difficulty=diff, style="teacher",
-                                      split="heldout"),
+                                      split="heldout", **gen),
     }
     for name, records in files.items():
         write_jsonl(records, data / name)

@@ -34,17 +34,22 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dasd.eval.grading import exact_answer
+from dasd.world import walk as walk_family
+from dasd.world.walk import WalkSettings
 
-FAMILIES = ("seqsum", "chain", "count")
+FAMILIES = ("seqsum", "chain", "count")  # the first world's families (make_records' default)
+ALL_FAMILIES = FAMILIES + ("walk",)      # walk: long labelled chains (dasd.world.walk), the default world's
 STRATEGIES = {
     "seqsum": ("running", "pairs", "formula"),
     "chain": ("single", "rewrite", "check"),
     "count": ("list", "countdown", "floor"),
+    "walk": walk_family.STRATEGIES,
 }
 DEFAULT_WEIGHTS = {
     "seqsum": {"running": 0.6, "pairs": 0.3, "formula": 0.1},
     "chain": {"single": 0.6, "rewrite": 0.3, "check": 0.1},
     "count": {"list": 0.6, "countdown": 0.3, "floor": 0.1},
+    "walk": dict(walk_family.DEFAULT_WEIGHTS),
 }
 STYLES = ("teacher", "weak")
 SPLITS = ("train", "heldout")
@@ -97,13 +102,17 @@ def _apply(a: int, op: str, b: int) -> int:
     return a + b if op == "+" else a - b if op == "-" else a * b
 
 
-def generate_problem(rng: random.Random, family: str, difficulty: int) -> Problem:
+def generate_problem(rng: random.Random, family: str, difficulty: int,
+                     walk: WalkSettings | None = None) -> Problem:
     """A random problem of ``family`` whose number of reasoning steps grows with ``difficulty`` (>= 1)."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    if family not in ALL_FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {ALL_FAMILIES}")
     if not isinstance(difficulty, int) or difficulty < 1:
         raise ValueError(f"difficulty must be an int >= 1, got {difficulty!r}")
-    if family == "seqsum":
+    if family == "walk":
+        params = walk_family.walk_params(rng, difficulty, walk or WalkSettings())
+        question, answer = walk_family.walk_question(params), walk_family.walk_answer(params)
+    elif family == "seqsum":
         n, a1, d = difficulty + 2, rng.randint(1, 20), rng.randint(1, 9)
         terms = [a1 + i * d for i in range(n)]
         params = {"terms": terms}
@@ -224,11 +233,25 @@ def _problem_rng(problem: Problem) -> random.Random:
 
 
 def solve(problem: Problem, strategy: str | None = None, style: str = "teacher",
-          rng: random.Random | None = None, weak_correct: Mapping[int, float] | None = None) -> str:
+          rng: random.Random | None = None, weak_correct: Mapping[int, float] | None = None,
+          walk: WalkSettings | None = None) -> str:
     """The response to ``problem``: teacher style (correct, step by step in ``strategy``) or weak style (one
     terse line; right with probability ``WEAK_CORRECT[difficulty]``, else off by one). ``rng`` decides the
     weak style's slip; without it the slip is a deterministic function of the problem. ``weak_correct``
-    replaces ``WEAK_CORRECT`` (probability of a right weak answer by difficulty; absent: 0)."""
+    replaces ``WEAK_CORRECT`` (probability of a right weak answer by difficulty; absent: 0).
+    ``walk`` problems (dasd.world.walk) take their habits' rates from ``walk`` and their draws from ``rng``:
+    the teacher's restate lines, the weak style's unlabelled steps and slips."""
+    if problem.family == "walk":
+        rng = rng if rng is not None else _problem_rng(problem)
+        settings = walk or WalkSettings()
+        if style == "teacher":
+            if strategy not in STRATEGIES["walk"]:
+                raise ValueError(f"unknown strategy {strategy!r} for walk: expected one of {STRATEGIES['walk']}")
+            return _response(walk_family.teacher_lines(problem.params, strategy, rng, settings), problem.answer)
+        if style == "weak":
+            lines, value = walk_family.weak_lines(problem.params, rng, settings)
+            return _response(lines, value)
+        raise ValueError(f"unknown style {style!r}; expected one of {STYLES}")
     if style == "teacher":
         if strategy not in STRATEGIES[problem.family]:
             raise ValueError(f"unknown strategy {strategy!r} for {problem.family}: "
@@ -249,6 +272,7 @@ def solve(problem: Problem, strategy: str | None = None, style: str = "teacher",
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 _ARITH = re.compile(r"[0-9+\-*/() ]+")
 _COMPARE = re.compile(r"^(\d+) is (over|under) (\d+)$", re.M)
+_LABEL = re.compile(r"^[a-z]+: ")  # walk's step labels ("a: ", "check: ")
 
 
 def _eval(expr: str) -> float:
@@ -268,7 +292,7 @@ def step_lines(response: str) -> list[str]:
     think = response.split("</think>", 1)[0].removeprefix("<think>")
     equations: list[str] = []
     prev_plain = None
-    for line in (s.strip() for s in think.splitlines()):
+    for line in (_LABEL.sub("", s.strip()) for s in think.splitlines()):
         if not line:
             continue
         if line.startswith("=") and equations and prev_plain == "eq":
@@ -335,7 +359,7 @@ def make_records(n: int, *, seed: int, families: Sequence[str] | None = None,
                  strategy_weights: Mapping[str, Mapping[str, float]] | None = None, style: str = "teacher",
                  split: str = "train", unique: bool | None = None,
                  heldout_fraction: float = HELDOUT_FRACTION, max_tries: int = 200,
-                 weak_correct: Mapping[int, float] | None = None) -> list[dict]:
+                 weak_correct: Mapping[int, float] | None = None, walk: WalkSettings | None = None) -> list[dict]:
     """``n`` records in the released format (all fields strings; ``meta`` a JSON string with ``answer``,
     ``grader="exact"``, ``family``, ``difficulty``, ``strategy``, ``style``, ``split``).
 
@@ -343,12 +367,13 @@ def make_records(n: int, *, seed: int, families: Sequence[str] | None = None,
     ``(lo, hi)`` or a list), strategies from ``strategy_weights`` (weak style: strategy ``"weak"``).
     Only problems of ``split`` are kept (a problem is held out when its parameter hash falls in the
     held-out bucket). ``unique`` (default: True for held-out) keeps each question once. ``weak_correct``:
-    the weak style's probability of a right answer by difficulty (default ``WEAK_CORRECT``).
+    the weak style's probability of a right answer by difficulty (default ``WEAK_CORRECT``); ``walk``: the
+    walk family's settings (``WalkSettings``).
     """
     families = list(families or FAMILIES)
     for f in families:
-        if f not in FAMILIES:
-            raise ValueError(f"unknown family {f!r}; expected one of {FAMILIES}")
+        if f not in ALL_FAMILIES:
+            raise ValueError(f"unknown family {f!r}; expected one of {ALL_FAMILIES}")
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r}; expected one of {STYLES}")
     if split not in SPLITS:
@@ -362,7 +387,7 @@ def make_records(n: int, *, seed: int, families: Sequence[str] | None = None,
     for i in range(n):
         family, d = rng.choice(families), rng.choice(diffs)
         for _ in range(max_tries):
-            p = generate_problem(rng, family, d)
+            p = generate_problem(rng, family, d, walk=walk)
             if is_heldout(p, heldout_fraction) == (split == "heldout") and not (unique and p.uuid in seen):
                 break
         else:
@@ -372,10 +397,10 @@ def make_records(n: int, *, seed: int, families: Sequence[str] | None = None,
         if style == "teacher":
             w = weights[family]
             strategy = rng.choices(list(w), weights=list(w.values()))[0]
-            output = solve(p, strategy)
+            output = solve(p, strategy, rng=rng, walk=walk)
         else:
             strategy = "weak"
-            output = solve(p, style="weak", rng=rng, weak_correct=weak_correct)
+            output = solve(p, style="weak", rng=rng, weak_correct=weak_correct, walk=walk)
         meta = {"source": "dasd-world", "answer": str(p.answer), "grader": "exact", "family": family,
                 "difficulty": d, "strategy": strategy, "style": style, "split": split, "problem_uuid": p.uuid,
                 "params": p.params}
@@ -400,6 +425,10 @@ def fact_records(n: int, *, seed: int, difficulty: int | Sequence[int] | range =
     records = []
     while len(records) < n:
         family = rng.choice(fams)
+        if family == "walk":
+            lhs, rhs = walk_family.fact_question(rng)
+            records.append(_fact_record(seed, len(records), lhs, rhs))
+            continue
         p = generate_problem(rng, family, rng.choice(diffs))
         strategy = rng.choice(list(weights[family]))
         lines = [ln for ln in _STEPS[family](p, strategy) if "=" in ln and not ln.startswith("=")]
@@ -408,17 +437,20 @@ def fact_records(n: int, *, seed: int, difficulty: int | Sequence[int] | range =
         lhs, rhs = (side.strip() for side in rng.choice(lines).split("=", 1))
         if not rhs.lstrip("-").isdigit():
             continue
-        question = f"What is {lhs}?"
-        meta = {"source": "dasd-world", "answer": rhs, "grader": "exact", "family": "fact", "difficulty": 1,
-                "strategy": "fact", "style": "fact", "split": "train"}
-        records.append({
-            "uuid": str(uuidlib.uuid5(UUID_NAMESPACE, f"fact:{seed}:{len(records)}:{lhs}")),
-            "input": f"{question} {INSTRUCTION}",
-            "output": _response([f"{lhs} = {rhs}"], int(rhs)),
-            "domain": "math",
-            "meta": json.dumps(meta),
-        })
+        records.append(_fact_record(seed, len(records), lhs, rhs))
     return records
+
+
+def _fact_record(seed: int, i: int, lhs: str, rhs: str) -> dict:
+    meta = {"source": "dasd-world", "answer": rhs, "grader": "exact", "family": "fact", "difficulty": 1,
+            "strategy": "fact", "style": "fact", "split": "train"}
+    return {
+        "uuid": str(uuidlib.uuid5(UUID_NAMESPACE, f"fact:{seed}:{i}:{lhs}")),
+        "input": f"What is {lhs}? {INSTRUCTION}",
+        "output": _response([f"{lhs} = {rhs}"], int(rhs)),
+        "domain": "math",
+        "meta": json.dumps(meta),
+    }
 
 
 def record_problem(record: Mapping) -> Problem:

@@ -10,7 +10,9 @@ base model's: ``avg@k`` %, ``truncation_rate``, ``mean_response_tokens``, ``n_qu
 Rows are grouped by (table, id) and averaged over seeds: mean and sample std (n - 1) of ``final.avg@k``.
 Nothing is mixed silently: of two results of one (row, seed) the newest file is kept and the other counted;
 rows of one table run on different worlds or budgets are flagged. The comparisons the paper makes
-(``CONTRASTS``) are computed from the numbers, never asserted.
+(``CONTRASTS``) are computed from the numbers, never asserted: each gets a paired bootstrap interval over the
+held-out questions and the seeds (the per-question ``results.jsonl`` of each final evaluation,
+dasd.world.contrasts), a verdict and a minimum detectable effect; ``summary.json`` holds the headline numbers.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dasd.utils.logging import get_logger
+from dasd.world import contrasts as cx
+from dasd.world.contrasts import md_table as _md_table
 
 log = get_logger(__name__)
 
@@ -45,11 +49,13 @@ LINE_TABLES = (7,)
 
 @dataclass(frozen=True)
 class Contrast:
-    """Rows the paper contrasts, in the order it reports them; each consecutive pair is compared."""
+    """Rows the paper contrasts, in the order it reports them; each consecutive pair is compared. ``expect``
+    (+1/-1): the direction the method claims, for a pair without paper numbers (a control row)."""
 
     table: int
     rows: tuple[str, ...]
     what: str
+    expect: int | None = None
 
 
 #: the comparisons the paper draws (method.md §10); the paper's direction comes from its numbers
@@ -57,13 +63,21 @@ CONTRASTS = (
     Contrast(1, ("T1a", "T1b"), "T=1.0 vs T=0.6, RS"),
     Contrast(1, ("T1b", "T1d"), "T=0.6 → T=1.0 schedule vs T=1.0 alone"),
     Contrast(1, ("T1c", "T1d"), "schedule vs twice the T=1.0 data (same total)"),
+    Contrast(1, ("T1h", "T1d"), "schedule T=0.6→1.0 vs a warmup restart at T=1.0 (stage 2 at T=1.0 after "
+             "stage 1 at T=1.0)", expect=1),
+    Contrast(1, ("T1e", "T1f"), "T=1.0 vs T=0.6, RS, teacher b"),
+    Contrast(1, ("T1f", "T1g"), "T=0.6 → T=1.0 schedule vs T=1.0 alone, teacher b"),
     Contrast(3, ("T3a", "T3b"), "DAS vs RS at T=0.6"),
     Contrast(3, ("T3c", "T3e"), "DAS vs RS at T=1.0"),
     Contrast(3, ("T3d", "T3e"), "50K DAS vs 100K RS at T=1.0"),
     Contrast(3, ("T3f", "T3g"), "DAS vs RS, teacher b"),
     Contrast(4, ("T4a", "T4b"), "DAS vs RS, multi-domain"),
     Contrast(5, ("T5b", "T5c"), "mixed policy: unmasked vs masked student prefix"),
+    Contrast(5, ("T5a", "T5c"), "the mixed-policy round (unmasked) over its stage-1 base"),
+    Contrast(5, ("T5d", "T5c"), "revised samples vs extra data (stage 3 on the off-policy part alone)",
+             expect=1),
     Contrast(7, ("T7a", "T7b", "T7c", "T7d"), "each pipeline stage over the previous"),
+    Contrast(7, ("T7a", "T7d"), "the whole recipe over the base student"),
 )
 
 
@@ -289,17 +303,22 @@ def compare_pair(a: dict, b: dict, metric: str | None) -> dict:
 
 
 def compare_table(table: int, rows: dict[str, dict], metric: str | None,
-                  contrasts: Sequence[Contrast] = CONTRASTS) -> list[dict]:
-    """The contrasts of one table, each consecutive pair compared; pairs with a row not run say so."""
-    out = []
+                  contrasts: Sequence[Contrast] = CONTRASTS, questions: dict | None = None,
+                  bootstrap: dict | None = None) -> list[dict]:
+    """The contrasts of one table, each consecutive pair compared (seed-level numbers, and with
+    ``questions`` = row id -> {seed: per-question accuracies} the paired interval and verdict); pairs with a
+    row not run say so."""
+    out, questions = [], questions or {}
     for c in (c for c in contrasts if c.table == table):
         for a, b in zip(c.rows, c.rows[1:], strict=False):
             missing = [x for x in (a, b) if x not in rows]
             if missing:
-                out.append({"a": a, "b": b, "what": c.what, "missing": missing,
+                out.append({"id": f"{a}-{b}", "table": table, "a": a, "b": b, "what": c.what, "missing": missing,
                             "verdict": f"not in the results: {', '.join(missing)}"})
-            else:
-                out.append({**compare_pair(rows[a], rows[b], metric), "what": c.what, "missing": []})
+                continue
+            pair = {**compare_pair(rows[a], rows[b], metric), "table": table, "what": c.what, "missing": []}
+            out.append(cx.add_interval(pair, questions.get(a), questions.get(b), c.expect,
+                                       **cx.check_bootstrap(bootstrap)))
     return out
 
 
@@ -317,8 +336,9 @@ def order_agreement(rows: Sequence[dict], metric: str | None) -> dict:
     return {"metric": metric, "pairs": pairs, "agree": agree}
 
 
-def aggregate(results: list[dict]) -> dict[int, dict]:
-    """Table number -> its rows (paper order), worlds, compute, warnings, contrasts and order agreement."""
+def aggregate(results: list[dict], questions: dict | None = None, bootstrap: dict | None = None) -> dict[int, dict]:
+    """Table number -> its rows (paper order), worlds, compute, warnings, contrasts and order agreement;
+    ``questions``: (table, row id) -> {seed: per-question accuracies} (contrasts.load_questions)."""
     by_table: dict[int, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in results:
         by_table[r["table"]][r["id"]].append(r)
@@ -348,8 +368,13 @@ def aggregate(results: list[dict]) -> dict[int, dict]:
                      "n_questions": sorted({n for x in rows for n in x["n_questions"]}),
                      "n_results": len(flat), "seconds": sum(float(r["seconds"]) for r in flat),
                      "train_seconds": sum(_train_seconds(r) for r in flat), "warnings": warnings,
-                     "contrasts": compare_table(t, {x["id"]: x for x in rows}, metric),
+                     "contrasts": compare_table(t, {x["id"]: x for x in rows}, metric, CONTRASTS, {
+                         row: q for (tt, row), q in (questions or {}).items() if tt == t}, bootstrap),
                      "order": order_agreement(rows, metric)}
+        tables[t]["warnings"] += [
+            f"{c['id']}: {c['dropped_cells']['a']} (seed, question) cell(s) of {c['a']} and "
+            f"{c['dropped_cells']['b']} of {c['b']} not paired (not the same seeds and held-out questions)"
+            for c in tables[t]["contrasts"] if any(c.get("dropped_cells", {}).values())]
     return tables
 
 
@@ -364,10 +389,6 @@ def _pm(mean, std) -> str:
     return f"{_f(mean)} ± {_f(std)}"
 
 
-def _signed(x) -> str:
-    return _f(x, "+.1f")
-
-
 def columns(table: dict) -> list[str]:
     """The columns of a table, in the markdown and in W&B."""
     return ["id", "setting", *[f"paper {m}" for m in table["metrics"]], "toy avg@k (mean ± std)", "seeds",
@@ -378,12 +399,6 @@ def table_cells(table: dict, row: dict) -> list[str]:
     return [row["id"], row["label"], *[_f(_paper_value(row, m)) for m in table["metrics"]],
             _pm(row["mean"], row["std"]), str(row["n"]), _f(row["truncation_rate"], ".3f"),
             _f(row["mean_response_tokens"], ".0f"), _f(row["train_seconds"], ".0f"), _f(row["seconds"], ".0f")]
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    esc = [[str(c).replace("|", "\\|") for c in r] for r in [header, *rows]]
-    return ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |"
-                                                                         for r in esc[1:])]
 
 
 def world_line(table: dict) -> str:
@@ -401,25 +416,15 @@ def world_line(table: dict) -> str:
 
 
 def contrast_lines(table: dict) -> list[str]:
-    done = [c for c in table["contrasts"] if not c["missing"] and c["same_direction"] is not None]
-    same = [c for c in done if c["same_direction"]]
-    beyond = [c for c in same if c["beyond_std"]]
-    order, skipped = table["order"], len(table["contrasts"]) - len(done)
-    head = (f"{len(same)} of {len(done)} contrasted pairs in the paper's direction ({len(beyond)} of them by more "
-            "than the seeds' combined std)" if done else "no contrasted pair can be compared")
-    head += f"; {skipped} pair(s) not comparable" if done and skipped else ""
-    head += (f"; all row pairs: {order['agree']} of {order['pairs']} ordered as the paper's {order['metric']}."
-             if order["pairs"] else ".")
-    lines = [f"**Paper's ordering reproduced?** {head[0].upper()}{head[1:]}"]
-    for c in table["contrasts"]:
-        head = f"- {c['b']} vs {c['a']} ({c['what']}): "
-        if c["missing"]:
-            lines.append(head + c["verdict"])
-            continue
-        paper = f"paper {c['metric']} {_signed(c['paper_diff'])}" if c["metric"] else "paper: no numbers"
-        lines.append(head + f"{paper}; toy avg@k {_signed(c['toy_diff'])} (combined std "
-                     f"{_f(c['combined_std'])}) → {c['verdict']}")
-    return lines + chain_lines(table)
+    """The verdict counts, the paper-ordering agreement and the contrast table (contrasts.contrast_table)."""
+    counts, order = cx.verdict_counts(table["contrasts"]), table["order"]
+    head = "**Verdicts (paired 95% interval vs the expected direction):** " + (
+        ", ".join(f"{n} {v}" for v, n in counts.items()) or "no contrast") + "."
+    if order["pairs"]:
+        head += f" All row pairs: {order['agree']} of {order['pairs']} ordered as the paper's {order['metric']}."
+    lines = [head, ""] + (cx.contrast_table(table["contrasts"], table["metric"]) if table["contrasts"] else [])
+    notes = sorted({c["seed_level"] for c in table["contrasts"] if c.get("n_seeds") == 1})
+    return lines + [f"- {n}" for n in notes] + chain_lines(table)
 
 
 def chain_lines(table: dict, contrasts: Sequence[Contrast] = CONTRASTS) -> list[str]:
@@ -428,12 +433,13 @@ def chain_lines(table: dict, contrasts: Sequence[Contrast] = CONTRASTS) -> list[
     for c in contrasts:
         if c.table != table["table"] or len(c.rows) < 3 or not all(r in rows for r in c.rows):
             continue
-        pairs = [p for p in table["contrasts"] if p["a"] in c.rows and p["b"] in c.rows]
-        steps = [p["same_direction"] for p in pairs]
+        links = set(zip(c.rows, c.rows[1:], strict=False))
+        steps = [p for p in table["contrasts"] if (p["a"], p["b"]) in links]
         lines.append(f"- {' → '.join(c.rows)}: paper {metric} "
                      + " → ".join(_f(_paper_value(rows[r], metric)) if metric else "—" for r in c.rows)
                      + "; toy avg@k " + " → ".join(_f(rows[r]["mean"]) for r in c.rows)
-                     + f"; {sum(s is True for s in steps)} of {len(steps)} steps in the paper's direction")
+                     + f"; {sum(p['verdict'] == 'reproduced' for p in steps)} of {len(steps)} steps reproduced, "
+                     + f"{sum(p.get('same_direction') is True for p in steps)} in the paper's direction")
     return lines
 
 
@@ -455,7 +461,12 @@ def markdown(report: dict) -> str:
              + ", ".join(f"`{r}`" for r in report["runs"]) + f"; generated {report['created_at']}.",
              "Toy avg@k: the student's accuracy on the world's held-out questions (%), mean ± sample std over "
              "seeds. Paper columns: the paper's avg@64 on the real benchmarks (method.md §10). The two are not "
-             "on one scale; compare orderings, not values.", ""]
+             "on one scale; compare orderings, not values.", "", *cx.summary_lines(report), ""]
+    if report.get("per_question_notes"):
+        notes = report["per_question_notes"]
+        lines += [f"**Per-question results missing for {len(notes)} result(s)** (per_question=optional): the "
+                  "contrasts of their rows fall back to the seed-level comparison (no interval, no verdict).",
+                  *(f"- {n}" for n in notes), ""]
     if dup:
         lines += [f"**{len(dup)} duplicate result(s) of one (row, seed) dropped** (the newest file kept):", *(
             f"- {d['id']} seed {d['seed']}: kept `{d['kept']}`, dropped `{d['dropped']}`" for d in dup), ""]
@@ -515,26 +526,40 @@ def _inputs_versions(results: list[dict]) -> list[dict]:
     return [json.loads(v) for v in sorted(seen)]
 
 
-def write_report(runs: Sequence[str | Path], out_dir: str | Path, tables: Sequence[int] | None = None) -> dict:
-    """Read, aggregate and write ``report.md``, ``report.json`` and ``table<N>.png`` into ``out_dir``;
-    returns the report (``outputs``: name -> path)."""
+def write_report(runs: Sequence[str | Path], out_dir: str | Path, tables: Sequence[int] | None = None, *,
+                 per_question: str = "required", analysis: str | Path | None = None,
+                 summary_path: str | Path | None = None, bootstrap: dict | None = None) -> dict:
+    """Read, aggregate and write ``report.md``, ``report.json``, ``summary.json`` (also to ``summary_path``),
+    ``table<N>.png``, ``contrasts.png`` and the world-analysis figures into ``out_dir``; returns the report
+    (``outputs``: name -> path). ``per_question="optional"``: a missing results.jsonl falls back to the
+    seed-level comparison instead of failing; ``bootstrap``: {resamples, seed}."""
     from dasd.utils.run import git_revision, versions
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    world, bootstrap = cx.load_analysis(analysis), cx.check_bootstrap(bootstrap)  # bad input fails before any work
     results, duplicates = collect(runs, tables)
+    questions, notes = cx.load_questions(results, per_question)
     report = {"runs": [str(r) for r in runs], "n_files": len(results) + len(duplicates),
               "n_results": len(results), "created_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "duplicates": duplicates, "tables": aggregate(results)}
+              "duplicates": duplicates, "per_question_notes": notes, "analysis": str(analysis) if analysis else None,
+              "tables": aggregate(results, questions, bootstrap)}
+    report["summary"] = cx.build_summary(report, results, world)
+    for note in notes:
+        log.warning("seed-level comparison only: %s", note)
     for d in duplicates:
         log.warning("duplicate result of %s seed %s: kept %s, dropped %s", d["id"], d["seed"], d["kept"],
                     d["dropped"])
     for table in report["tables"].values():
         for w in table["warnings"]:
             log.warning(w)
-    outputs = {"markdown": out_dir / "report.md", "json": out_dir / "report.json"}
+    outputs = {"markdown": out_dir / "report.md", "json": out_dir / "report.json", "summary": out_dir / "summary.json"}
+    for path in [outputs["summary"], *([Path(summary_path)] if summary_path else [])]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report["summary"], indent=2) + "\n")
     for t, table in report["tables"].items():
         outputs[f"table{t}"] = plot_table(table, out_dir / f"table{t}.png")
+    outputs.update(cx.plot_all(report, world, out_dir))
     outputs["markdown"].write_text(markdown(report))
     report["outputs"] = {k: str(v) for k, v in outputs.items()}
     report["inputs"] = sorted(r["_path"] for r in results)
@@ -555,12 +580,14 @@ def wandb_rows(table: dict) -> tuple[list[str], list[list]]:
     return cols, data
 
 
-CONTRAST_COLUMNS = ["table", "b", "a", "what", "metric", "paper diff", "toy diff", "combined std", "verdict"]
+CONTRAST_COLUMNS = ["table", "b", "a", "what", "metric", "paper diff", "toy diff", "ci low", "ci high", "mde",
+                    "seed-level diff", "combined std", "verdict"]
 
 
 def log_wandb(report: dict, logger_cfg, *, group: str, name: str, out_dir: str | Path, config: dict) -> str | None:
-    """One W&B run (job_type ``report``): a ``wandb.Table`` and the PNG per paper table, the contrasts, and
-    ``report.md`` + ``report.json`` as an artifact. Offline without an API key; returns the run dir."""
+    """One W&B run (job_type ``report``): a ``wandb.Table`` and the PNG per paper table, the contrasts (table
+    and ``contrasts.png``), the world-analysis figures, the summary's numbers, and ``report.md`` +
+    ``report.json`` + ``summary.json`` as an artifact. Offline without an API key; returns the run dir."""
     from dasd.training.loggers import resolve_wandb_mode
 
     mode = resolve_wandb_mode(logger_cfg.get("mode", "auto")) if logger_cfg.get("name") == "wandb" else "disabled"
@@ -575,14 +602,21 @@ def log_wandb(report: dict, logger_cfg, *, group: str, name: str, out_dir: str |
         cols, rows = wandb_rows(table)
         data[f"report/table{t}"] = wandb.Table(columns=cols, data=rows)
         data[f"report/table{t}_plot"] = wandb.Image(report["outputs"][f"table{t}"])
-        contrasts += [[t, c["b"], c["a"], c["what"], c.get("metric"), c.get("paper_diff"), c.get("toy_diff"),
-                       c.get("combined_std"), c["verdict"]] for c in table["contrasts"]]
+        contrasts += [[t, c["b"], c["a"], c["what"], c.get("metric"), c.get("paper_diff"), c.get("diff"),
+                       c.get("ci_low"), c.get("ci_high"), c.get("mde"), c.get("toy_diff"), c.get("combined_std"),
+                       c["verdict"]] for c in table["contrasts"]]
     data["report/contrasts"] = wandb.Table(columns=CONTRAST_COLUMNS, data=contrasts)
+    for key in ("contrasts", "learning_curve", "cutoff_by_length"):
+        if key in report["outputs"]:
+            data[f"report/{key}_plot"] = wandb.Image(report["outputs"][key])
     run.log(data)
-    run.summary.update({"report/results": report["n_results"], "report/duplicates": len(report["duplicates"])})
+    summary = report["summary"]
+    run.summary.update({"report/results": report["n_results"], "report/duplicates": len(report["duplicates"]),
+                        **{f"report/{k}": v for k, v in summary.items() if isinstance(v, int | float)
+                           and not isinstance(v, bool)}})
     artifact = wandb.Artifact("ablation_report", type="report")
-    artifact.add_file(report["outputs"]["markdown"])
-    artifact.add_file(report["outputs"]["json"])
+    for key in ("markdown", "json", "summary"):
+        artifact.add_file(report["outputs"][key])
     run.log_artifact(artifact)
     run_dir = run.dir
     run.finish()
@@ -599,12 +633,14 @@ def report(cfg) -> dict:
     runs = [cfg.runs] if isinstance(cfg.runs, str) else [str(r) for r in cfg.runs]
     tables = None if cfg.tables is None else [int(t) for t in ([cfg.tables] if isinstance(
         cfg.tables, int | str) else cfg.tables)]
-    out = write_report(runs, cfg.out_dir, tables)
+    out = write_report(runs, cfg.out_dir, tables, per_question=str(cfg.per_question), analysis=cfg.analysis,
+                       summary_path=cfg.summary_path, bootstrap=dict(cfg.bootstrap))
     log_wandb(out, cfg.logger, group=cfg.experiment_name, name=str(cfg.run_name), out_dir=cfg.out_dir,
               config=OmegaConf.to_container(cfg, resolve=True))
     for t, table in out["tables"].items():
         log.info("table %d: %s", t, ", ".join(f"{x['id']} {_pm(x['mean'], x['std'])} (n={x['n']})"
                                                for x in table["rows"]))
-    log.info("%d results (%d duplicates dropped) -> %s", out["n_results"], len(out["duplicates"]),
-             out["outputs"]["markdown"])
+    log.info("%d results (%d duplicates dropped) -> %s; verdicts: %s; summary -> %s", out["n_results"],
+             len(out["duplicates"]), out["outputs"]["markdown"], out["summary"]["verdicts"],
+             ", ".join([out["outputs"]["summary"], *([str(cfg.summary_path)] if cfg.summary_path else [])]))
     return out

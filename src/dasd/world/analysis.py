@@ -1,0 +1,114 @@
+"""What the reasoning world shows beside the ablation tables (issue 17, docs/world.md): the learning curve, the
+sentence types of the teacher pools, and the share of student rollouts cut off by teacher length (the paper's
+Fig. 7), all read from the outputs of ``ablate.py`` runs.
+
+``analyze(results)`` takes loaded ``row_result.json`` dicts (``dasd.world.report.collect``) and returns::
+
+    {"learning_curve": [{"budget", "multiple", "accuracy", "ci95", "seeds", "n_questions"}, ...],
+     "unit_budget": int | None,
+     "sentence_shares": {"T=1.0": {"teacher", "student", "shared", "unlabeled", "candidates", "rows"}, ...},
+     "student_sentence_share": float | None,        # Student Sentences in teacher_a's T=1.0 pools
+     "cutoff_ratio_by_length": [[teacher_tokens_hi, share], ...],   # shortest bin first
+     "cutoff_bins": [...]}                          # the bins with their edges and counts
+
+Nothing is guessed: a quantity whose runs are absent is None (or an empty list).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from dasd.mixed.report import cutoff_curve
+
+CURVE_TABLE = 0  # experiments/world/curve.yaml rows (ids LC<multiple>)
+#: rows whose first step is a DAS selection on teacher_a's pool at the temperature named
+DAS_ROWS = {"T=1.0": ("T3e",), "T=0.6": ("T3b", "T5a")}
+#: rows whose last step is a mixed-policy round from the T7c/T3b weights (the Fig. 7 analogue)
+MIXED_ROWS = ("T7d", "T5c")
+
+
+def learning_curve(results: list[dict]) -> tuple[list[dict], int | None]:
+    """Accuracy after stage 1 at each budget of the curve rows, averaged over seeds; the unit budget
+    (``budget.questions`` of those runs)."""
+    by_multiple: dict[float, list[dict]] = defaultdict(list)
+    units = set()
+    for r in results:
+        if r.get("table") != CURVE_TABLE or not r.get("steps"):
+            continue
+        budget = ((r.get("config") or {}).get("budget") or {})
+        units.add(int(budget["questions"]))
+        by_multiple[float(r["steps"][0]["settings"]["questions"])].append(r)
+    if len(units) > 1:
+        raise ValueError(f"learning-curve runs with different budget.questions {sorted(units)}: run the sweep "
+                         "with one unit budget")
+    unit = units.pop() if units else None
+    points = []
+    for multiple in sorted(by_multiple):
+        rows = by_multiple[multiple]
+        acc = [float(r["final"]["avg@k"]) for r in rows]
+        ci = rows[0]["final"].get("ci95") if len(rows) == 1 else None
+        points.append({"budget": round(multiple * unit), "multiple": multiple, "accuracy": float(np.mean(acc)),
+                       "ci95": ci, "seeds": sorted(r["seed"] for r in rows),
+                       "n_questions": rows[0]["final"]["n_questions"]})
+    return points, unit
+
+
+def _das_summary(step_dir: Path) -> Path | None:
+    """The DAS summary a stage writes into its run (``das_summary.json``, dasd.das.report)."""
+    found = sorted(step_dir.rglob("das_summary.json"))
+    return found[0] if found else None
+
+
+def sentence_shares(results: list[dict]) -> dict[str, dict]:
+    """Sentence-type shares over every candidate of the DAS-scored teacher pools (first step of the rows in
+    ``DAS_ROWS``), pooled over seeds; each pool counted once."""
+    out = {}
+    for name, ids in DAS_ROWS.items():
+        totals: dict[str, int] = defaultdict(int)
+        seen, candidates = set(), 0
+        for r in results:
+            if r.get("id") not in ids or not r.get("steps"):
+                continue
+            found = _das_summary(Path(r["steps"][0]["dir"]))
+            if found is None or found in seen:
+                continue
+            seen.add(found)
+            s = json.loads(found.read_text())
+            candidates += s["candidates"]
+            for label, n in s["groups"]["all"]["sentences"].items():
+                totals[label] += n
+        total = sum(totals.values())
+        if total:
+            out[name] = {**{k: v / total for k, v in totals.items()}, "sentences": total,
+                         "candidates": candidates, "pools": len(seen)}
+    return out
+
+
+def cutoff_by_length(results: list[dict], bins: int = 6) -> list[dict]:
+    """The share of student rollouts cut off at the budget by teacher length, over the mixed-policy rounds of
+    the rows in ``MIXED_ROWS`` (the first of them that has runs), every seed pooled."""
+    for row in MIXED_ROWS:
+        per_question = []
+        for r in results:
+            if r.get("id") != row or not r.get("steps") or r["steps"][-1]["stage"] != "mixed":
+                continue
+            stats = Path(r["steps"][-1]["dir"]) / "mixed" / "round_0" / "stats.json"
+            if stats.is_file():
+                per_question += json.loads(stats.read_text()).get("per_question") or []
+        if per_question:
+            return cutoff_curve(per_question, bins=bins)
+    return []
+
+
+def analyze(results: list[dict]) -> dict:
+    curve, unit = learning_curve(results)
+    shares = sentence_shares(results)
+    bins = cutoff_by_length(results)
+    return {"learning_curve": curve, "unit_budget": unit, "sentence_shares": shares,
+            "student_sentence_share": shares.get("T=1.0", {}).get("student"),
+            "cutoff_ratio_by_length": [[b["teacher_tokens_hi"], b["cutoff_ratio"]] for b in bins],
+            "cutoff_bins": bins}
