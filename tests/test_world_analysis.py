@@ -56,9 +56,19 @@ def test_sentence_shares_and_cutoff_by_length(tmp_path):
     shares = [share for _, share in out["cutoff_ratio_by_length"]]
     edges = [hi for hi, _ in out["cutoff_ratio_by_length"]]
     assert edges == sorted(edges) and shares[0] == 0 and shares[-1] > 0.4  # long answers: cut off more
-    assert out["learning_curve"] == [] and out["unit_budget"] is None
+    assert out["learning_curve"] == [] and out["unit_budget"] == 100  # the table rows' budget.questions
 
 
 def test_nothing_is_guessed_without_runs():
     out = analyze([])
     assert out["student_sentence_share"] is None and out["cutoff_ratio_by_length"] == []
+
+
+def test_report_figures_from_the_analysis(tmp_path):
+    """The sentence-type shares of each pool are drawn as stacked bars (sentence_shares.png)."""
+    from dasd.world.contrasts import plot_sentence_shares
+
+    path = plot_sentence_shares({"T=1.0": {"teacher": 0.6, "shared": 0.3, "student": 0.1, "unlabeled": 0.0},
+                                 "T=0.6": {"teacher": 0.7, "shared": 0.28, "student": 0.02}},
+                                tmp_path / "sentence_shares.png")
+    assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 5000

@@ -17,12 +17,12 @@ from cli import REPO
 
 pytestmark = pytest.mark.e2e
 
-WORLD = ["world.data.n_teacher_train=1200", "world.data.n_teacher_facts=100", "world.data.n_student_pretrain=100",
+WORLD = ["world.difficulty=[1,2]", "world.data.n_teacher_train=1200", "world.data.n_teacher_facts=100", "world.data.n_student_pretrain=100",
          "world.data.n_student_facts=200", "world.data.n_questions=24", "world.data.n_heldout=12",
          "world.teacher.epochs=3", "world.teacher.weaker_epoch=2", "world.student.epochs=1", "world.eval.k=1",
-         "world.eval.max_tokens=96"]
+         "world.eval.max_tokens=160"]  # the walk world at 4-6 moves: answers of about 50-110 tokens
 BUDGET = ["budget.questions=8", "budget.samples_per_question=2", "budget.epochs=1", "budget.eval.k=1",
-          "budget.eval.max_tokens=96", "budget.teacher_max_tokens=96"]
+          "budget.eval.max_tokens=160", "budget.teacher_max_tokens=160"]
 
 
 def _run(script: str, out: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -80,3 +80,6 @@ def test_reduced_world_runs_the_whole_pipeline_and_reports(tmp_path):
     md = (tmp_path / "report" / "report.md").read_text()
     assert "T7d" in md and "T7a" in md and "83.3" in md  # T7d's paper AIME25
     assert (tmp_path / "report" / "table7.png").read_bytes()[:4] == b"\x89PNG"
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["seeds"] == [1] and summary["heldout_questions"] == 12
+    assert [c["id"] for c in summary["contrasts"] if c["id"].startswith("T7")]  # T7a-T7d paired over questions

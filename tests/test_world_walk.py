@@ -106,9 +106,44 @@ def test_walk_records_are_deterministic_and_facts_are_walk_steps():
     a = make_records(50, seed=4, families=["walk"], difficulty=DIFFS)
     assert a == make_records(50, seed=4, families=["walk"], difficulty=DIFFS)
     assert solve(record_problem(a[0]), "step") == solve(record_problem(a[0]), "step")
-    facts = fact_records(100, seed=4, families=["walk"])
+    facts = fact_records(200, seed=4, families=["walk"], difficulty=DIFFS)
+    sums = lookups = 0
     for f in facts:
-        a_, op, b_ = re.fullmatch(r"What is (\d+) ([+-]) (\d)\? Put the final answer in \\boxed\{\}\.",
-                                  f["input"]).groups()
-        value = int(a_) + int(b_) if op == "+" else int(a_) - int(b_)
-        assert _meta(f)["answer"] == str(value) and LOW <= value <= HIGH
+        answer = _meta(f)["answer"]
+        assert grade("exact", f["output"], answer)
+        if m := re.fullmatch(r"What is (\d+) ([+-]) (\d)\? Put the final answer in \\boxed\{\}\.", f["input"]):
+            a_, op, b_ = m.groups()
+            value = int(a_) + int(b_) if op == "+" else int(a_) - int(b_)
+            assert answer == str(value) and LOW <= value <= HIGH
+            sums += 1
+        else:  # a move lookup: the moves, then "What is move c?" answered by the move's own line
+            label = re.search(r"What is move ([a-z])\?", f["input"]).group(1)
+            line = next(ln for ln in f["input"].splitlines() if ln.startswith(f"{label} "))
+            assert _think(f) == [line] and int(line.split()[1]) == int(answer)
+            lookups += 1
+    assert sums > 50 and lookups > 50
+
+
+def test_turns_rule_alternates_two_moves_and_stays_in_range():
+    """rule=turns (the default world's): two moves, one up and one down, taken in turns; the question states
+    them once with the number of steps, so no step needs a lookup; values stay two-digit."""
+    s = WalkSettings(rule="turns")
+    rng = random.Random(5)
+    for d in range(1, 9):
+        for _ in range(300):
+            p = walk_params(rng, d, s)
+            moves = p["moves"]
+            assert len(moves) == 2 + 2 * d and moves[0] * moves[1] < 0 and abs(abs(moves[0]) - abs(moves[1])) <= 2
+            assert all(m == moves[i % 2] for i, m in enumerate(moves))
+            value = p["start"]
+            for m in moves:
+                value += m
+                assert LOW <= value <= HIGH
+    r = make_records(1, seed=6, families=["walk"], difficulty=3, walk=s)[0]
+    p = record_problem(r)
+    a, b = p.params["moves"][:2]
+    assert r["input"].startswith(f"Start at {p.params['start']}.\nMoves in turns: {a:+d}, {b:+d}.\n8 steps.")
+    assert check_solution(p, r["output"]) and not any("What is move" in f["input"] for f in
+                                                       fact_records(50, seed=6, families=["walk"], walk=s))
+    with pytest.raises(ValueError, match="walk.rule='spiral'"):
+        WalkSettings(rule="spiral")

@@ -5,7 +5,7 @@ Fig. 7), all read from the outputs of ``ablate.py`` runs.
 ``analyze(results)`` takes loaded ``row_result.json`` dicts (``dasd.world.report.collect``) and returns::
 
     {"learning_curve": [{"budget", "multiple", "accuracy", "ci95", "seeds", "n_questions"}, ...],
-     "unit_budget": int | None,
+     "unit_budget": int | None,                     # the ablation rows' budget.questions (else the curve's)
      "sentence_shares": {"T=1.0": {"teacher", "student", "shared", "unlabeled", "candidates", "rows"}, ...},
      "student_sentence_share": float | None,        # Student Sentences in teacher_a's T=1.0 pools
      "cutoff_ratio_by_length": [[teacher_tokens_hi, share], ...],   # shortest bin first
@@ -104,8 +104,16 @@ def cutoff_by_length(results: list[dict], bins: int = 6) -> list[dict]:
     return []
 
 
+def ablation_unit(results: list[dict]) -> int | None:
+    """``budget.questions`` of the table rows (the toy "50K"), where the learning curve's plot marks it."""
+    units = {int(((r.get("config") or {}).get("budget") or {})["questions"]) for r in results
+             if r.get("table") != CURVE_TABLE and ((r.get("config") or {}).get("budget") or {}).get("questions")}
+    return units.pop() if len(units) == 1 else None
+
+
 def analyze(results: list[dict]) -> dict:
-    curve, unit = learning_curve(results)
+    curve, curve_unit = learning_curve(results)
+    unit = ablation_unit(results) or curve_unit
     shares = sentence_shares(results)
     bins = cutoff_by_length(results)
     return {"learning_curve": curve, "unit_budget": unit, "sentence_shares": shares,

@@ -181,10 +181,10 @@ def build_world(world_cfg: DictConfig | dict, wdir: Path) -> dict:
     gen = {"families": s.get("families"), "walk": WalkSettings.from_dict(s.get("walk"))}
     files = {
         "teacher_train.jsonl": make_records(d["n_teacher_train"], seed=seed, difficulty=diff, style="teacher", **gen)
-        + fact_records(d["n_teacher_facts"], seed=seed, difficulty=diff, families=gen["families"]),
+        + fact_records(d["n_teacher_facts"], seed=seed, difficulty=diff, **gen),
         "student_pretrain.jsonl": make_records(d["n_student_pretrain"], seed=seed + 1, difficulty=diff,
                                                style="weak", weak_correct=weak_correct, **gen)
-        + fact_records(d["n_student_facts"], seed=seed + 1, difficulty=diff, families=gen["families"]),
+        + fact_records(d["n_student_facts"], seed=seed + 1, difficulty=diff, **gen),
         "questions.jsonl": make_records(d["n_questions"], seed=seed + 2, difficulty=diff, style="teacher",
                                         unique=True, **gen),
         "heldout.jsonl": make_records(d["n_heldout"], seed=seed, difficulty=diff, style="teacher",

@@ -25,6 +25,7 @@ VERDICTS = ("reproduced", "contradicted", "inconclusive", "no expected direction
 PER_QUESTION = ("required", "optional")
 #: the paper tables whose contrasts set summary.json's mde_points (issue 17)
 SUMMARY_TABLES = (1, 3, 5, 7)
+CURVE_TABLE = 0  # experiments/world/curve.yaml: the learning curve (dasd.world.analysis)
 #: colours of the verdicts in contrasts.png
 COLOURS = {"reproduced": "tab:green", "contradicted": "tab:red", "inconclusive": "tab:gray"}
 
@@ -305,6 +306,8 @@ def build_summary(report: dict, results: Sequence[dict], analysis: dict) -> dict
     """``summary.json``: the headline numbers of the world ablation (issue 17; docs in
     /work/notes/contrasts.md)."""
     contrasts = [c for t in report["tables"].values() for c in t["contrasts"]]
+    curve = [r for r in results if r["table"] == CURVE_TABLE]  # the learning curve's runs: not the tables'
+    results = [r for r in results if r["table"] != CURVE_TABLE]
     paired = [c for c in contrasts if c.get("mde") is not None]
     worst = max((c for c in paired if c["table"] in SUMMARY_TABLES), key=lambda c: c["mde"], default=None)
     accuracy = [r["world"]["accuracy"] for r in results if isinstance(r["world"].get("accuracy"), dict)]
@@ -327,6 +330,8 @@ def build_summary(report: dict, results: Sequence[dict], analysis: dict) -> dict
                            "after another; steps reused from the cache cost their row nothing",
         "worlds": sorted({str(r["world"]["key"]) for r in results}),
         "learning_curve": analysis["learning_curve"], "unit_budget": analysis["unit_budget"],
+        "learning_curve_wall_hours": sum(float(r["seconds"]) for r in curve) / 3600 if curve else None,
+        "sentence_shares": analysis.get("sentence_shares"),
         "verdicts": verdict_counts(contrasts),
         "contrasts": [{k: c.get(k) for k in ("id", "diff", "ci_low", "ci_high", "verdict", "table", "what",
                                              "paper_diff", "mde", "expected_sign", "n_seeds", "n_questions")}
@@ -361,7 +366,31 @@ def plot_all(report: dict, analysis: dict, out_dir: Path) -> dict[str, Path]:
                                                     out_dir / "learning_curve.png")
     if analysis["cutoff_ratio_by_length"]:
         out["cutoff_by_length"] = plot_cutoff(analysis["cutoff_ratio_by_length"], out_dir / "cutoff_by_length.png")
+    if analysis.get("sentence_shares"):
+        out["sentence_shares"] = plot_sentence_shares(analysis["sentence_shares"], out_dir / "sentence_shares.png")
     return out
+
+
+def plot_sentence_shares(shares: dict[str, dict], path: str | Path) -> Path:
+    """Stacked shares of Teacher / Shared / Student / unlabeled sentences in the DAS-scored teacher pools."""
+    from dasd.utils.plots import plt
+
+    kinds = (("teacher", "tab:blue"), ("shared", "0.7"), ("student", "tab:orange"), ("unlabeled", "0.9"))
+    names = list(shares)
+    fig, ax = plt.subplots(figsize=(6.5, 1.4 + 0.6 * len(names)))
+    left = np.zeros(len(names))
+    for kind, colour in kinds:
+        values = np.array([float(shares[n].get(kind) or 0.0) for n in names])
+        ax.barh(range(len(names)), values, left=left, color=colour, label=kind)
+        for y, (x0, v) in enumerate(zip(left, values, strict=True)):
+            if v >= 0.04:
+                ax.text(x0 + v / 2, y, f"{v:.0%}", ha="center", va="center", fontsize=8)
+        left += values
+    ax.set_yticks(range(len(names)), [f"teacher_a pool {n}" for n in names])
+    ax.set(xlim=(0, 1), xlabel="share of the pool's sentences (beta = 0.1)",
+           title="Sentence types in the teacher pools (pre-distillation student)")
+    ax.legend(ncol=4, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.35))
+    return _save(fig, path)
 
 
 def _save(fig, path: str | Path) -> Path:

@@ -415,7 +415,7 @@ def make_records(n: int, *, seed: int, families: Sequence[str] | None = None,
 
 
 def fact_records(n: int, *, seed: int, difficulty: int | Sequence[int] | range = (1, 5),
-                 families: Sequence[str] | None = None) -> list[dict]:
+                 families: Sequence[str] | None = None, walk: WalkSettings | None = None) -> list[dict]:
     """``n`` one-step arithmetic records ("What is 38 + 22?" answered by the line ``38 + 22 = 60``): the
     equations the teacher's solutions use at ``difficulty``, asked alone. A student pre-trained on them knows
     its arithmetic facts but not how to chain them, like a base model that distillation teaches to reason."""
@@ -425,9 +425,13 @@ def fact_records(n: int, *, seed: int, difficulty: int | Sequence[int] | range =
     records = []
     while len(records) < n:
         family = rng.choice(fams)
-        if family == "walk":
-            lhs, rhs = walk_family.fact_question(rng)
-            records.append(_fact_record(seed, len(records), lhs, rhs))
+        if family == "walk":  # sums, and (rule list) half move lookups: the skills a step line needs
+            if (walk or WalkSettings()).rule != "list" or rng.random() < 0.5:
+                lhs, rhs = walk_family.fact_question(rng)
+                records.append(_fact_record(seed, len(records), lhs, rhs))
+            else:
+                question, line, move = walk_family.lookup_fact(rng, rng.choice(diffs), walk or WalkSettings())
+                records.append(_fact_record(seed, len(records), question, str(int(move)), line=line, plain=True))
             continue
         p = generate_problem(rng, family, rng.choice(diffs))
         strategy = rng.choice(list(weights[family]))
@@ -441,13 +445,15 @@ def fact_records(n: int, *, seed: int, difficulty: int | Sequence[int] | range =
     return records
 
 
-def _fact_record(seed: int, i: int, lhs: str, rhs: str) -> dict:
+def _fact_record(seed: int, i: int, lhs: str, rhs: str, line: str | None = None, plain: bool = False) -> dict:
+    """A fact record: "What is {lhs}?" answered by "{lhs} = {rhs}", or (``plain``) ``lhs`` as the whole
+    question answered by ``line``; the boxed answer is ``rhs``."""
     meta = {"source": "dasd-world", "answer": rhs, "grader": "exact", "family": "fact", "difficulty": 1,
             "strategy": "fact", "style": "fact", "split": "train"}
     return {
         "uuid": str(uuidlib.uuid5(UUID_NAMESPACE, f"fact:{seed}:{i}:{lhs}")),
-        "input": f"What is {lhs}? {INSTRUCTION}",
-        "output": _response([f"{lhs} = {rhs}"], int(rhs)),
+        "input": f"{lhs if plain else f'What is {lhs}?'} {INSTRUCTION}",
+        "output": _response([line or f"{lhs} = {rhs}"], int(rhs)),
         "domain": "math",
         "meta": json.dumps(meta),
     }

@@ -539,6 +539,10 @@ def write_report(runs: Sequence[str | Path], out_dir: str | Path, tables: Sequen
     out_dir.mkdir(parents=True, exist_ok=True)
     world, bootstrap = cx.load_analysis(analysis), cx.check_bootstrap(bootstrap)  # bad input fails before any work
     results, duplicates = collect(runs, tables)
+    if analysis is None:  # the world analysis from these runs (learning-curve rows, DAS pools, mixed rounds)
+        from dasd.world.analysis import analyze
+
+        world = analyze(results)
     questions, notes = cx.load_questions(results, per_question)
     report = {"runs": [str(r) for r in runs], "n_files": len(results) + len(duplicates),
               "n_results": len(results), "created_at": time.strftime("%Y-%m-%d %H:%M:%S"),

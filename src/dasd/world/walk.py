@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 LABELS = "abcdefghijklmnopqrstuvwxyz"
 LOW, HIGH = 10, 99
 STRATEGIES = ("step", "check")
+RULES = ("list", "turns")
 DEFAULT_WEIGHTS = {"step": 0.8, "check": 0.2}
 
 
@@ -51,12 +52,15 @@ class WalkSettings:
     restate: float = 0.15          # teacher: chance of a "so X" line after a step line
     fix: float = 0.02              # teacher: chance that a restate slips by one and is corrected next line
     slip: float = 0.15             # student (weak style): chance that a restate slips by one, uncorrected
+    rule: str = "list"             # list: every move listed with its label; turns: two moves taken in turns
 
     def __post_init__(self) -> None:
         for name in ("restate", "fix", "slip"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"walk.{name}={value!r}: a probability in [0, 1]")
+        if self.rule not in RULES:
+            raise ValueError(f"walk.rule={self.rule!r}: expected one of {RULES}")
         if self.moves_base < 0 or self.moves_per_difficulty < 0:
             raise ValueError(f"walk: moves_base and moves_per_difficulty must be >= 0, got {asdict(self)}")
 
@@ -77,7 +81,14 @@ class WalkSettings:
 
 
 def walk_params(rng: random.Random, difficulty: int, settings: WalkSettings) -> dict:
-    """A start in LOW..HIGH-10 and signed moves of 1..9 that keep every value in LOW..HIGH."""
+    """A start in LOW..HIGH-10 and signed moves of 1..9 that keep every value in LOW..HIGH; rule ``turns``:
+    two moves (one up, one down, their sizes within 2 of each other) taken in turns from a start in 40..60."""
+    n = settings.moves(difficulty)
+    if settings.rule == "turns":
+        up = rng.randint(3, 9)
+        down = rng.randint(max(1, up - 2), min(9, up + 2))
+        pair = [up, -down] if rng.random() < 0.5 else [-down, up]
+        return {"start": rng.randint(40, 60), "moves": [pair[i % 2] for i in range(n)], "rule": "turns"}
     value = start = rng.randint(LOW, HIGH - 10)
     moves = []
     for _ in range(settings.moves(difficulty)):
@@ -92,7 +103,12 @@ def walk_params(rng: random.Random, difficulty: int, settings: WalkSettings) -> 
 
 def walk_question(params: dict) -> str:
     """One move a line, each line starting with its label, as the answer's lines do: with the same label
-    token at the start of a line in question and answer, finding a move is a plain lookup (an induction)."""
+    token at the start of a line in question and answer, finding a move is a plain lookup (an induction).
+    Rule ``turns``: the two moves and how many steps, in one sentence (no lookup: the move of a step is the
+    one of two steps before)."""
+    if params.get("rule") == "turns":
+        a, b = params["moves"][:2]
+        return f"Start at {params['start']}.\nMoves in turns: {a:+d}, {b:+d}.\n{len(params['moves'])} steps. Where do you end?"
     moves = "\n".join(f"{LABELS[i]} {m:+d}" for i, m in enumerate(params["moves"]))
     return f"Start at {params['start']}.\nMoves:\n{moves}\nWhere do you end?"
 
@@ -133,6 +149,15 @@ def weak_lines(params: dict, rng: random.Random, settings: WalkSettings) -> tupl
         value = new + 1 if rng.random() < settings.slip else new  # the habit's slip: one too high, never undone
         lines.append(f"so {value}")
     return lines, value
+
+
+def lookup_fact(rng: random.Random, difficulty: int, settings: WalkSettings) -> tuple[str, str, str]:
+    """A lookup asked alone: the moves of a walk and one of them by its label; (question, answer line, move)."""
+    params = walk_params(rng, difficulty, settings)
+    i = rng.randrange(len(params["moves"]))
+    moves = "\n".join(f"{LABELS[j]} {m:+d}" for j, m in enumerate(params["moves"]))
+    move = f"{params['moves'][i]:+d}"
+    return f"Moves:\n{moves}\nWhat is move {LABELS[i]}?", f"{LABELS[i]} {move}", move
 
 
 def fact_question(rng: random.Random) -> tuple[str, str]:
