@@ -104,11 +104,12 @@ def walk_params(rng: random.Random, difficulty: int, settings: WalkSettings) -> 
 def walk_question(params: dict) -> str:
     """One move a line, each line starting with its label, as the answer's lines do: with the same label
     token at the start of a line in question and answer, finding a move is a plain lookup (an induction).
-    Rule ``turns``: the two moves and how many steps, in one sentence (no lookup: the move of a step is the
-    one of two steps before)."""
+    Rule ``turns``: the two moves and the steps' labels, first to last (no lookup: the move of a step is the
+    one of two steps before, and the walk stops at the last label)."""
     if params.get("rule") == "turns":
         a, b = params["moves"][:2]
-        return f"Start at {params['start']}.\nMoves in turns: {a:+d}, {b:+d}.\n{len(params['moves'])} steps. Where do you end?"
+        last = LABELS[len(params["moves"]) - 1]  # the last step's label: stopping is a match, not a count
+        return f"Start at {params['start']}.\nMoves in turns: {a:+d}, {b:+d}.\nSteps a to {last}. Where do you end?"
     moves = "\n".join(f"{LABELS[i]} {m:+d}" for i, m in enumerate(params["moves"]))
     return f"Start at {params['start']}.\nMoves:\n{moves}\nWhere do you end?"
 
