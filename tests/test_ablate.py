@@ -344,5 +344,6 @@ def test_learning_curve_row_and_sweep(search):
     assert (step.stage, step.teacher, step.temperature, step.sampler, step.questions) == ("1", "a", 0.6,
                                                                                          "random", 0.25)
     sweep = OmegaConf.load(REPO / "sweeps" / "world_curve.yaml")
+    assert sweep.hydra.sweeper.params.experiment == "world/curve"  # curve_questions exists only in that row
     budgets = [float(x) for x in str(sweep.hydra.sweeper.params.curve_questions).split(",")]
     assert len(budgets) >= 5 and max(budgets) == sweep.budget.pool_questions.a
