@@ -25,8 +25,8 @@ import numpy as np
 from dasd.mixed.report import cutoff_curve
 
 CURVE_TABLE = 0  # experiments/world/curve.yaml rows (ids LC<multiple>)
-#: rows whose first step is a DAS selection on teacher_a's pool at the temperature named
-DAS_ROWS = {"T=1.0": ("T3e",), "T=0.6": ("T3b", "T5a")}
+#: (row, step index) of DAS selections on teacher_a's pool at the temperature named
+DAS_ROWS = {"T=1.0": (("T3e", 0), ("T7c", 1)), "T=0.6": (("T3b", 0), ("T5a", 0), ("T7b", 0))}
 #: rows whose last step is a mixed-policy round from the T7c/T3b weights (the Fig. 7 analogue)
 MIXED_ROWS = ("T7d", "T5c")
 
@@ -64,16 +64,17 @@ def _das_summary(step_dir: Path) -> Path | None:
 
 
 def sentence_shares(results: list[dict]) -> dict[str, dict]:
-    """Sentence-type shares over every candidate of the DAS-scored teacher pools (first step of the rows in
+    """Sentence-type shares over every candidate of the DAS-scored teacher pools (the steps named in
     ``DAS_ROWS``), pooled over seeds; each pool counted once."""
     out = {}
-    for name, ids in DAS_ROWS.items():
+    for name, sources in DAS_ROWS.items():
         totals: dict[str, int] = defaultdict(int)
         seen, candidates = set(), 0
         for r in results:
-            if r.get("id") not in ids or not r.get("steps"):
+            step = dict(sources).get(r.get("id"))
+            if step is None or len(r.get("steps") or []) <= step:
                 continue
-            found = _das_summary(Path(r["steps"][0]["dir"]))
+            found = _das_summary(Path(r["steps"][step]["dir"]))
             if found is None or found in seen:
                 continue
             seen.add(found)
