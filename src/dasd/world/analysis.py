@@ -11,7 +11,7 @@ Fig. 7), all read from the outputs of ``ablate.py`` runs.
      "cutoff_ratio_by_length": [[teacher_tokens_hi, share], ...],   # shortest bin first
      "cutoff_bins": [...]}                          # the bins with their edges and counts
 
-Nothing is guessed: a quantity whose runs are absent is None (or an empty list).
+Nothing is guessed: a quantity whose runs are absent is None.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def analyze(results: list[dict]) -> dict:
     unit = ablation_unit(results) or curve_unit
     shares = sentence_shares(results)
     bins = cutoff_by_length(results)
-    return {"learning_curve": curve, "unit_budget": unit, "sentence_shares": shares,
+    return {"learning_curve": curve or None, "unit_budget": unit, "sentence_shares": shares or None,
             "student_sentence_share": shares.get("T=1.0", {}).get("student"),
-            "cutoff_ratio_by_length": [[b["teacher_tokens_hi"], b["cutoff_ratio"]] for b in bins],
-            "cutoff_bins": bins}
+            "cutoff_ratio_by_length": [[b["teacher_tokens_hi"], b["cutoff_ratio"]] for b in bins] or None,
+            "cutoff_bins": bins or None}
