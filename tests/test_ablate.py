@@ -48,6 +48,8 @@ TEST_ROWS = {  # rows in the test search path (experiment=test/<name>)
     "mix": {"row": {"table": 5, "id": "TM", "label": "RS T=0.6 -> mixed"},
             "steps": [RS_06, {"stage": "mixed", "mask_student_prefix": False}]},
     "one": {"row": {"table": 1, "id": "TO", "label": "RS T=0.6"}, "steps": [RS_06]},
+    "offpol": {"row": {"table": 5, "id": "TD", "label": "RS T=0.6 -> off-policy samples alone"},
+               "steps": [RS_06, {"stage": "mixed", "offpolicy_only": True}]},
 }
 
 
@@ -190,6 +192,20 @@ def test_shared_prefix_is_reused_and_another_seed_is_not(two_step, world, search
     assert final_ckpt(s1).stat().st_mtime_ns == mtime
     again = run_inprocess(out, overrides(search, world, "experiment=test/one", *TINY))  # seed 1: free
     assert again["steps"][0]["reused"] and again["steps"][0]["dir"] == s1["dir"]
+
+
+def test_offpolicy_only_step_trains_on_the_mixed_steps_offpolicy_draw_alone(two_step, world, search):
+    """{stage: mixed, offpolicy_only: true} (the control T5d): no revision round, one epoch from the parent on
+    the off-policy samples a mixed step would add (0.4 x 8 = 3), the same draw."""
+    out, first = two_step
+    result = run_inprocess(out, overrides(search, world, "experiment=test/offpol", *TINY))
+    s1, only = result["steps"]
+    assert s1["reused"] and s1["dir"] == first["steps"][0]["dir"] and not only["reused"]
+    assert only["data"]["mixed"]["questions"] == 0 and only["data"]["mixed"]["mixed_policy"] == 0
+    assert only["data"]["mixed"]["off_policy"] == 3 and only["eval"]["n_questions"] == 8
+    assert not (Path(only["dir"]) / "mixed" / "round_0" / "stats.json").exists()  # no round ran
+    manifest = read(Path(only["dir"]) / "manifest.json")
+    assert manifest["status"] == "completed" and manifest["config"]["mixed"]["n_questions"] == 0
 
 
 def test_base_row_evaluates_the_untrained_student(tmp_path, world, search):

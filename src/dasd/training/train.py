@@ -216,7 +216,8 @@ def _train(cfg: DictConfig) -> dict:
         from dasd.mixed.report import log_round
         from dasd.mixed.stage import round_summary
 
-        log_round(trainer.loggers, mixed, plan.run_dir / "mixed" / "round_0" / "cutoff_ratio.png", step=0)
+        if "skipped" not in mixed:  # mixed.n_questions=0 (off-policy samples alone): no round to log
+            log_round(trainer.loggers, mixed, plan.run_dir / "mixed" / "round_0" / "cutoff_ratio.png", step=0)
         mixed = round_summary(mixed)  # the manifest keeps the counts, not the per-question lists
     if trainer.is_global_zero:
         manifest.update(status="running", stage=cfg.stage.id, run_dir=str(plan.run_dir), config=plan.config,
