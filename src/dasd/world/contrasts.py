@@ -441,7 +441,9 @@ def plot_learning_curve(curve: Sequence[dict], unit_budget: int | None, path: st
         ax.axvline(unit_budget, color="tab:red", ls="--", label=f"unit budget ({unit_budget})")
         ax.legend()
     ax.set_xscale("log")
-    ax.set(xlabel="SFT budget (log scale)", ylabel="held-out accuracy (%)", title="Learning curve")
+    ax.minorticks_off()
+    ax.set_xticks(x, [f"{b:,}" for b in x])  # the measured budgets, not log-scale minor labels
+    ax.set(xlabel="SFT budget (questions, log scale)", ylabel="held-out accuracy (%)", title="Learning curve")
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
