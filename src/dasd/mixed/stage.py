@@ -125,14 +125,13 @@ def _prepare(cfg: DictConfig, make_datamodule) -> dict:
     spec = build_spec(m, round_index=0, student_model=init, system_prompt=d.system_prompt,
                       end_of_turn=d.end_of_turn, filters=filters, cutoff_len=d.cutoff_len)
     folder = run_dir / "mixed" / "round_0"
-    if m["n_questions"] == 0:  # the control "off-policy part alone": the same off-policy draw, no revision
-        stats = {"questions": 0, "truncated": 0, "truncation_rate": None, "continued": 0, "kept": 0,
-                 "skipped": "mixed.n_questions=0: no mixed-policy round, off-policy samples only"}
-    else:
-        stats = run_round(folder, questions, spec, transport=m["transport"], python=m.get("python"))
+    revise = m["n_questions"] != 0  # 0: the control "off-policy part alone" (the same draw, no revision)
+    stats = run_round(folder, questions, spec, transport=m["transport"], python=m.get("python")) if revise \
+        else {"questions": 0, "truncated": 0, "truncation_rate": None, "continued": 0, "kept": 0,
+              "skipped": "mixed.n_questions=0: no mixed-policy round, off-policy samples only"}
     path = train_file(cfg)
     with FileLock(str(path) + ".lock"):
-        mixed = read_jsonl(folder / "mixed.jsonl") if m["n_questions"] != 0 else []
+        mixed = read_jsonl(folder / "mixed.jsonl") if revise else []
         extra = source_rows([r["source"] for r in offpolicy])
         rows = mixed + extra
         if not rows:

@@ -231,9 +231,8 @@ class Ablation:
         (``subsets/first<n>.jsonl``). Sample seeds depend on the question, not on how many are sampled, so
         the subset is exactly the pool a run over ``n`` questions would draw."""
         b = self.budget
-        most = b.get("pool_questions") or {}
-        most = most.get(teacher, 0) if isinstance(most, dict) else most
-        n_pool = max(n, min(self.n_train, round(float(most or 0) * int(b["questions"]))))
+        most = float((b.get("pool_questions") or {}).get(teacher) or 0)
+        n_pool = max(n, min(self.n_train, round(most * int(b["questions"]))))
         key, out = self._sample_pool(teacher, temperature, n_pool)
         if n == n_pool:
             return key, out
@@ -244,11 +243,10 @@ class Ablation:
         path = pool.parent.parent / "subsets" / f"first{n}.jsonl"
         if path.is_file():
             return path
-        ids = set()
-        with (self.world / "data" / "questions.jsonl").open(encoding="utf-8") as f:
-            for line, _ in zip(f, range(n), strict=False):  # the first n lines
-                obj = json.loads(line)
-                ids.add(str(obj.get("id", obj.get("uuid"))))
+        from dasd.generation.questions import read_questions
+
+        questions, _ = read_questions(self.world / "data" / "questions.jsonl")  # the ids generate.py gave them
+        ids = {q.id for q in questions[:n]}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         with pool.open(encoding="utf-8") as src, tmp.open("w", encoding="utf-8") as dst:
@@ -377,9 +375,10 @@ class Ablation:
                      "task": str(self.world / "data" / "heldout.jsonl"),
                      "overrides": [str(o) for o in self.cfg.eval_overrides]}
         sig_file, summary_file = folder / "ablate_eval.json", folder / "summary.json"
+        results = {"results": str(folder / "results.jsonl")}  # per question: the report's paired contrasts
         if not fresh and summary_file.is_file() and sig_file.is_file() and \
                 json.loads(sig_file.read_text()) == signature:
-            return {**json.loads(summary_file.read_text()), "results": str(folder / "results.jsonl")}, True
+            return {**json.loads(summary_file.read_text()), **results}, True
         from dasd.eval.run import evaluate
 
         choices = ["task=world", f"logger={self.cfg.logger.name}", *[str(o) for o in self.cfg.eval_overrides]]
@@ -391,7 +390,7 @@ class Ablation:
         sig_file.unlink(missing_ok=True)
         summary = evaluate(ecfg)
         sig_file.write_text(json.dumps(signature, indent=2))
-        return {**summary, "results": str(folder / "results.jsonl")}, False  # per question: the paired contrasts
+        return {**summary, **results}, False
 
 
 def eval_fields(summary: dict) -> dict:

@@ -31,6 +31,10 @@ DAS_ROWS = {"T=1.0": (("T3e", 0), ("T7c", 1)), "T=0.6": (("T3b", 0), ("T5a", 0),
 MIXED_ROWS = ("T7d", "T5c")
 
 
+def _budget(r: dict) -> dict:
+    return (r.get("config") or {}).get("budget") or {}
+
+
 def learning_curve(results: list[dict]) -> tuple[list[dict], int | None]:
     """Accuracy after stage 1 at each budget of the curve rows, averaged over seeds; the unit budget
     (``budget.questions`` of those runs)."""
@@ -39,8 +43,7 @@ def learning_curve(results: list[dict]) -> tuple[list[dict], int | None]:
     for r in results:
         if r.get("table") != CURVE_TABLE or not r.get("steps"):
             continue
-        budget = ((r.get("config") or {}).get("budget") or {})
-        units.add(int(budget["questions"]))
+        units.add(int(_budget(r)["questions"]))
         by_multiple[float(r["steps"][0]["settings"]["questions"])].append(r)
     if len(units) > 1:
         raise ValueError(f"learning-curve runs with different budget.questions {sorted(units)}: run the sweep "
@@ -107,8 +110,8 @@ def cutoff_by_length(results: list[dict], bins: int = 6) -> list[dict]:
 
 def ablation_unit(results: list[dict]) -> int | None:
     """``budget.questions`` of the table rows (the toy "50K"), where the learning curve's plot marks it."""
-    units = {int(((r.get("config") or {}).get("budget") or {})["questions"]) for r in results
-             if r.get("table") != CURVE_TABLE and ((r.get("config") or {}).get("budget") or {}).get("questions")}
+    units = {int(_budget(r)["questions"]) for r in results
+             if r.get("table") != CURVE_TABLE and _budget(r).get("questions")}
     return units.pop() if len(units) == 1 else None
 
 

@@ -19,13 +19,14 @@ from statistics import NormalDist
 
 import numpy as np
 
+from dasd.world.analysis import CURVE_TABLE
+
 #: (z_0.975 + z_0.80): the effect a two-sided test at alpha 0.05 finds with 80% power is this many ses
 MDE_Z = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.80)
 VERDICTS = ("reproduced", "contradicted", "inconclusive", "no expected direction")
 PER_QUESTION = ("required", "optional")
 #: the paper tables whose contrasts set summary.json's mde_points (issue 17)
 SUMMARY_TABLES = (1, 3, 5, 7)
-CURVE_TABLE = 0  # experiments/world/curve.yaml: the learning curve (dasd.world.analysis)
 #: colours of the verdicts in contrasts.png
 COLOURS = {"reproduced": "tab:green", "contradicted": "tab:red", "inconclusive": "tab:gray"}
 
@@ -225,7 +226,7 @@ def verdict_counts(contrasts: Sequence[dict]) -> dict[str, int]:
 
 
 def fmt(x, spec: str = ".1f") -> str:
-    return format(x, spec) if isinstance(x, int | float) and math.isfinite(x) else "—"
+    return format(x, spec) if _num(x) and math.isfinite(x) else "—"
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:

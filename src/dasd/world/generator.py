@@ -421,16 +421,16 @@ def fact_records(n: int, *, seed: int, difficulty: int | Sequence[int] | range =
     its arithmetic facts but not how to chain them, like a base model that distillation teaches to reason."""
     rng = random.Random(f"dasd-world-facts:{seed}")
     weights = resolve_weights(None)
-    fams, diffs = list(families or FAMILIES), _difficulties(difficulty)
+    fams, diffs, walk = list(families or FAMILIES), _difficulties(difficulty), walk or WalkSettings()
     records = []
     while len(records) < n:
         family = rng.choice(fams)
         if family == "walk":  # sums, and (rule list) half move lookups: the skills a step line needs
-            if (walk or WalkSettings()).rule != "list" or rng.random() < 0.5:
+            if walk.rule != "list" or rng.random() < 0.5:
                 lhs, rhs = walk_family.fact_question(rng)
                 records.append(_fact_record(seed, len(records), lhs, rhs))
             else:
-                question, line, move = walk_family.lookup_fact(rng, rng.choice(diffs), walk or WalkSettings())
+                question, line, move = walk_family.lookup_fact(rng, rng.choice(diffs), walk)
                 records.append(_fact_record(seed, len(records), question, str(int(move)), line=line, plain=True))
             continue
         p = generate_problem(rng, family, rng.choice(diffs))

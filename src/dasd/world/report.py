@@ -308,7 +308,7 @@ def compare_table(table: int, rows: dict[str, dict], metric: str | None,
     """The contrasts of one table, each consecutive pair compared (seed-level numbers, and with
     ``questions`` = row id -> {seed: per-question accuracies} the paired interval and verdict); pairs with a
     row not run say so."""
-    out, questions = [], questions or {}
+    out, questions, bootstrap = [], questions or {}, bootstrap or cx.check_bootstrap(None)
     for c in (c for c in contrasts if c.table == table):
         for a, b in zip(c.rows, c.rows[1:], strict=False):
             missing = [x for x in (a, b) if x not in rows]
@@ -317,8 +317,7 @@ def compare_table(table: int, rows: dict[str, dict], metric: str | None,
                             "verdict": f"not in the results: {', '.join(missing)}"})
                 continue
             pair = {**compare_pair(rows[a], rows[b], metric), "table": table, "what": c.what, "missing": []}
-            out.append(cx.add_interval(pair, questions.get(a), questions.get(b), c.expect,
-                                       **cx.check_bootstrap(bootstrap)))
+            out.append(cx.add_interval(pair, questions.get(a), questions.get(b), c.expect, **bootstrap))
     return out
 
 
@@ -339,6 +338,7 @@ def order_agreement(rows: Sequence[dict], metric: str | None) -> dict:
 def aggregate(results: list[dict], questions: dict | None = None, bootstrap: dict | None = None) -> dict[int, dict]:
     """Table number -> its rows (paper order), worlds, compute, warnings, contrasts and order agreement;
     ``questions``: (table, row id) -> {seed: per-question accuracies} (contrasts.load_questions)."""
+    bootstrap = cx.check_bootstrap(bootstrap)  # once, not per contrast
     by_table: dict[int, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in results:
         by_table[r["table"]][r["id"]].append(r)
@@ -381,8 +381,7 @@ def aggregate(results: list[dict], questions: dict | None = None, bootstrap: dic
 # ----------------------------------------------------------------------------------------------- markdown
 
 
-def _f(x, spec: str = ".1f") -> str:
-    return format(x, spec) if _is_number(x) and math.isfinite(x) else "—"
+_f = cx.fmt
 
 
 def _pm(mean, std) -> str:

@@ -110,8 +110,12 @@ def walk_question(params: dict) -> str:
         a, b = params["moves"][:2]
         last = LABELS[len(params["moves"]) - 1]  # the last step's label: stopping is a match, not a count
         return f"Start at {params['start']}.\nMoves in turns: {a:+d}, {b:+d}.\nSteps a to {last}. Where do you end?"
-    moves = "\n".join(f"{LABELS[i]} {m:+d}" for i, m in enumerate(params["moves"]))
-    return f"Start at {params['start']}.\nMoves:\n{moves}\nWhere do you end?"
+    return f"Start at {params['start']}.\nMoves:\n{_move_lines(params['moves'])}\nWhere do you end?"
+
+
+def _move_lines(moves: list[int]) -> str:
+    """The listed moves, one a line, each led by its label: ``a -5``."""
+    return "\n".join(f"{LABELS[i]} {m:+d}" for i, m in enumerate(moves))
 
 
 def walk_answer(params: dict) -> int:
@@ -156,9 +160,8 @@ def lookup_fact(rng: random.Random, difficulty: int, settings: WalkSettings) -> 
     """A lookup asked alone: the moves of a walk and one of them by its label; (question, answer line, move)."""
     params = walk_params(rng, difficulty, settings)
     i = rng.randrange(len(params["moves"]))
-    moves = "\n".join(f"{LABELS[j]} {m:+d}" for j, m in enumerate(params["moves"]))
     move = f"{params['moves'][i]:+d}"
-    return f"Moves:\n{moves}\nWhat is move {LABELS[i]}?", f"{LABELS[i]} {move}", move
+    return f"Moves:\n{_move_lines(params['moves'])}\nWhat is move {LABELS[i]}?", f"{LABELS[i]} {move}", move
 
 
 def fact_question(rng: random.Random) -> tuple[str, str]:
