@@ -140,6 +140,30 @@ def train_throughput_cpu(r: Results) -> str:
         f"{fl['plain']:.5f} (plain), |difference| {fl['abs_diff']:.1e}.")
 
 
+# ------------------------------------------------------------------------------------------ pack_length
+
+
+@region("pack_length_cpu")
+def pack_length_cpu(r: Results) -> str:
+    d = r["pack_length_cpu"]
+    c, res, arms, fl, ra = d["config"], d["results"], d["arms"], d["final_loss"], d["ratios"]
+    a, b = res["cutoff1024_mb1"], res["cutoff512_mb2"]
+    pa, pb = arms["cutoff1024_mb1"], arms["cutoff512_mb2"]
+    dropped = pa["dropped_overlong"] + pb["dropped_overlong"]
+    return wrap(
+        f"{header(d, 'pack_length_cpu', 'torch', 'transformers', 'lightning')} {c['samples']:,} walk samples "
+        f"(longest {pa['longest_sample_tokens']} student tokens, {dropped} dropped as over-long), "
+        f"{c['steps']} timed steps after {c['warmup_steps']}, {c['repeats']} runs per arm:\n\n"
+        f"- **512 × 2 ÷ 1024 × 1 tokens/s = {d['ratio_512_over_1024']:.2f}** (median of each arm: "
+        f"{b['tokens_per_s_median']:,.0f} vs {a['tokens_per_s_median']:,.0f} tok/s); per pair "
+        f"{span(ra['pairs_tokens_per_s'])}; fastest ÷ fastest {ra['tokens_per_s_best_over_best']:.2f}. Seconds "
+        f"per optimizer step {b['seconds_per_step_median']:.3f} vs {a['seconds_per_step_median']:.3f} "
+        f"({ra['step_time_1024_over_512']:.2f}×); samples/s {ra['samples_per_s']:.2f}×.\n"
+        f"- Packs: {pa['samples_per_pack']:.1f} samples per 1024-pack, {pb['samples_per_pack']:.1f} per 512-pack. "
+        f"Last-step losses {fl['cutoff512_mb2']:.4f} (512 × 2) vs {fl['cutoff1024_mb1']:.4f} (1024 × 1): "
+        f"different packs, recorded, not compared.")
+
+
 # ------------------------------------------------------------------------------- generation_throughput
 
 

@@ -138,7 +138,7 @@ def test_two_step_row_through_the_cli(two_step, world):
         assert s["data"]["questions"] == 8 and s["data"]["selected"] == 8 and s["data"]["candidates"] == 16
         assert Path(s["dir"]).parent == out / "outputs" / "ablate" / "steps" / "seed1"
         assert final_ckpt(s).is_file() and (Path(s["dir"]) / "eval" / "summary.json").is_file()
-    assert result["final"] == s2["eval"] and s1["dir"] != s2["dir"]
+    assert result["final"] == {**s2["eval"], "results": "questions.jsonl.gz"} and s1["dir"] != s2["dir"]
     step2 = read(Path(s2["dir"]) / "step.json")
     assert step2["parent"] == s1["key"] and step2["settings"]["sampler"] == "divergence"
     assert step2["rows"] == ["TT"]
@@ -212,7 +212,8 @@ def test_base_row_evaluates_the_untrained_student(tmp_path, world, search):
     """T7a: no training step, the untrained student's evaluation is the row's result."""
     result = run_inprocess(tmp_path, overrides(search, world, "experiment=world/t7a", *TINY))
     assert result["steps"] == [] and result["base"]["stage"] == "base"
-    assert result["final"] == result["base"]["eval"] and result["final"]["k"] == 1
+    assert result["final"] == {**result["base"]["eval"], "results": "questions.jsonl.gz"}  # in the row folder
+    assert result["final"]["k"] == 1
     assert result["final"]["n_questions"] == 8 and result["paper"]["AIME25"] == 47.4
 
 

@@ -28,6 +28,8 @@ SMOKE_TIMEOUT = 600  # seconds per script; each takes well under a minute on 2 i
 # the checks each script must report (a script that drops one fails here, not silently)
 EXPECTED_CHECKS = {
     "memory_meters": {"host_peak_sees_allocation", "host_current_sees_allocation", "host_peak_reset_works"},
+    "pack_length": {"dropped_overlong_zero", "same_samples_both_arms", "epoch_holds_every_sample_and_token",
+                    "same_loss_every_repeat", "final_loss_finite", "tokens_per_s_positive"},
     "train_throughput": {"final_loss_close", "every_pair_final_loss_close", "final_loss_finite", "same_timed_tokens"},
     "data_pipeline": {"cold_run_missed_the_cache", "warm_run_hit_the_cache", "tokens_cached", "filters_add_up",
                       "peak_rss_above_baseline"},
@@ -88,6 +90,14 @@ def test_train_throughput_smoke(tmp_path):
     fl = r["final_loss"]
     assert math.isfinite(fl["lightning"]) and abs(fl["lightning"] - fl["plain"]) <= 1e-3 * max(1.0, abs(fl["plain"]))
     assert r["ratio_lightning_over_plain"] > 0 and r["config"]["accumulate"] == 2
+
+
+@pytest.mark.bench
+def test_pack_length_smoke(tmp_path):
+    """Both packings train every sample, none dropped as over-long, with a measured ratio."""
+    r = run_smoke("pack_length", tmp_path)
+    assert set(r["results"]) == {"cutoff1024_mb1", "cutoff512_mb2"} and r["ratio_512_over_1024"] > 0
+    assert all(a["dropped_overlong"] == 0 for a in r["arms"].values())
 
 
 @pytest.mark.bench

@@ -63,7 +63,7 @@ def test_reduced_world_runs_the_whole_pipeline_and_reports(tmp_path):
         manifest = json.loads((Path(step["dir"]) / "manifest.json").read_text())
         assert manifest["status"] == "completed"
         assert (Path(step["dir"]) / "checkpoints" / "hf" / "final").is_dir()
-    assert t7d["final"] == t7d["steps"][-1]["eval"]
+    assert t7d["final"] == {**t7d["steps"][-1]["eval"], "results": "questions.jsonl.gz"}  # in the row's folder
     assert results["T7a"]["steps"] == [] and 0 <= results["T7a"]["final"]["avg@k"] <= 100
     # the teacher pools carry the sampled tokens' logprobs (DAS scores the teacher side with them)
     pools = sorted((tmp_path / "outputs" / "ablate" / "pools").glob("*/data/*.jsonl"))
@@ -83,3 +83,16 @@ def test_reduced_world_runs_the_whole_pipeline_and_reports(tmp_path):
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["seeds"] == [1] and summary["heldout_questions"] == 12
     assert [c["id"] for c in summary["contrasts"] if c["id"].startswith("T7")]  # T7a-T7d paired over questions
+
+    # 4. the row folders alone (copied off the machine, the caches deleted) give the same report
+    import shutil
+
+    rows = tmp_path / "rows"
+    for p in (tmp_path / "outputs" / "ablate").rglob("row_result.json"):
+        shutil.copytree(p.parent, rows / p.parent.name)
+    shutil.rmtree(tmp_path / "outputs" / "ablate")
+    _run("report.py", tmp_path, f"runs={rows}", "logger=none", f"hydra.run.dir={tmp_path / 'report2'}")
+    again = json.loads((tmp_path / "report2" / "summary.json").read_text())
+    for key in ("contrasts", "student_base_accuracy", "distilled_accuracy", "student_sentence_share",
+                "cutoff_ratio_by_length", "mde_points"):
+        assert again[key] == summary[key], key

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dasd.utils.logging import get_logger
 from dasd.utils.run import Manifest, config_hash, git_revision, versions, write_json
+from dasd.world import evidence
 
 log = get_logger(__name__)
 
@@ -510,10 +511,11 @@ def run_row(cfg: DictConfig) -> dict:
     except BaseException:
         manifest.update(status="failed")
         raise
-    final = entries[-1]["eval"] if entries else base["eval"]
+    final = evidence.collect(run_dir, entries, entries[-1]["eval"] if entries else base["eval"])
     result = {"table": cfg.row.table, "id": cfg.row.id, "label": cfg.row.label,
               "paper": config["row"]["paper"], "seed": ab.seed,
-              "world": {"key": ab.world_key, "dir": str(ab.world), "accuracy": ab.info.get("accuracy")},
+              "world": {"key": ab.world_key, "dir": str(ab.world), "accuracy": ab.info.get("accuracy"),
+                        "weights": evidence.world_weights(ab.world)},
               "base": base, "steps": entries, "final": final, "seconds": round(time.perf_counter() - t0, 1),
               "config": config, "versions": versions(), "git": git_revision(Path(__file__).parent)}
     write_json(run_dir / "row_result.json", result)

@@ -16,13 +16,12 @@ Nothing is guessed: a quantity whose runs are absent is None.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
 from dasd.mixed.report import cutoff_curve
+from dasd.world.evidence import read_json, step_file
 
 CURVE_TABLE = 0  # experiments/world/curve.yaml rows (ids LC<multiple>)
 #: (row, step index) of DAS selections on teacher_a's pool at the temperature named
@@ -60,12 +59,6 @@ def learning_curve(results: list[dict]) -> tuple[list[dict], int | None]:
     return points, unit
 
 
-def _das_summary(step_dir: Path) -> Path | None:
-    """The DAS summary a stage writes into its run (``das_summary.json``, dasd.das.report)."""
-    found = sorted(step_dir.rglob("das_summary.json"))
-    return found[0] if found else None
-
-
 def sentence_shares(results: list[dict]) -> dict[str, dict]:
     """Sentence-type shares over every candidate of the DAS-scored teacher pools (the steps named in
     ``DAS_ROWS``), pooled over seeds; each pool counted once."""
@@ -77,11 +70,13 @@ def sentence_shares(results: list[dict]) -> dict[str, dict]:
             step = dict(sources).get(r.get("id"))
             if step is None or len(r.get("steps") or []) <= step:
                 continue
-            found = _das_summary(Path(r["steps"][step]["dir"]))
-            if found is None or found in seen:
+            found = step_file(r, step, "das_summary")
+            entry = r["steps"][step]
+            pool = (r["seed"], entry.get("key") or entry["dir"])  # rows that share a step share its pool
+            if found is None or pool in seen:
                 continue
-            seen.add(found)
-            s = json.loads(found.read_text())
+            seen.add(pool)
+            s = read_json(found)
             candidates += s["candidates"]
             for label, n in s["groups"]["all"]["sentences"].items():
                 totals[label] += n
@@ -100,9 +95,9 @@ def cutoff_by_length(results: list[dict], bins: int = 6) -> list[dict]:
         for r in results:
             if r.get("id") != row or not r.get("steps") or r["steps"][-1]["stage"] != "mixed":
                 continue
-            stats = Path(r["steps"][-1]["dir"]) / "mixed" / "round_0" / "stats.json"
-            if stats.is_file():
-                per_question += json.loads(stats.read_text()).get("per_question") or []
+            stats = step_file(r, len(r["steps"]) - 1, "mixed_stats")
+            if stats is not None:
+                per_question += read_json(stats).get("per_question") or []
         if per_question:
             return cutoff_curve(per_question, bins=bins)
     return []

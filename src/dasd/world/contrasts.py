@@ -20,6 +20,7 @@ from statistics import NormalDist
 import numpy as np
 
 from dasd.world.analysis import CURVE_TABLE
+from dasd.world.evidence import open_text, resolve
 
 #: (z_0.975 + z_0.80): the effect a two-sided test at alpha 0.05 finds with 80% power is this many ses
 MDE_Z = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.80)
@@ -44,7 +45,7 @@ def results_path(result: dict) -> Path | None:
         if not isinstance(given, str):
             raise ValueError(f"{result.get('_path', 'row_result.json')}: 'final.results' must be a path, "
                              f"got {given!r}")
-        return Path(given)
+        return resolve(result, given)  # relative: inside the row's folder (dasd.world.evidence)
     last = result["steps"][-1] if result["steps"] else result.get("base")
     if isinstance(last, dict) and isinstance(last.get("dir"), str):
         return Path(last["dir"]) / "eval" / "results.jsonl"
@@ -52,9 +53,11 @@ def results_path(result: dict) -> Path | None:
 
 
 def read_questions(path: Path) -> Questions:
-    """``results.jsonl`` -> {question id: accuracy}; ValueError naming the file, line and field."""
+    """``results.jsonl`` (or a row's ``questions.jsonl.gz``) -> {question id: accuracy}; ValueError naming
+    the file, line and field."""
     try:
-        lines = Path(path).read_text().splitlines()
+        with open_text(Path(path)) as f:
+            lines = f.read().splitlines()
     except OSError as e:
         raise ValueError(f"{path}: per-question results not readable ({e.strerror or e})") from None
     out: Questions = {}

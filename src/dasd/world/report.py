@@ -32,6 +32,7 @@ from pathlib import Path
 from dasd.utils.logging import get_logger
 from dasd.world import contrasts as cx
 from dasd.world.contrasts import md_table as _md_table
+from dasd.world.evidence import check_same_weights
 
 log = get_logger(__name__)
 
@@ -160,6 +161,7 @@ def collect(runs: Iterable[str | Path], tables: Sequence[int] | None = None) -> 
         r = load_result(p)
         if tables is None or r["table"] in tables:
             results.append({**r, "_path": str(p), "_mtime": os.stat(p).st_mtime_ns})
+    check_same_weights(results)
     if not results:
         raise ValueError(f"none of the {len(paths)} results under {', '.join(map(str, runs))} belongs to "
                          f"tables {list(tables or [])}")
