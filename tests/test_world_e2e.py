@@ -74,9 +74,10 @@ def test_reduced_world_runs_the_whole_pipeline_and_reports(tmp_path):
     for step in t7d["steps"][:2]:
         assert any(Path(step["dir"]).rglob("das*")), step["dir"]
 
-    # 3. the report: markdown next to the paper's numbers, a PNG
+    # 3. the report: markdown next to the paper's numbers, a PNG; the row folders exported for committing
+    rows = tmp_path / "rows"
     _run("report.py", tmp_path, f"runs={tmp_path / 'outputs' / 'ablate'}", "logger=none",
-         f"hydra.run.dir={tmp_path / 'report'}")
+         f"hydra.run.dir={tmp_path / 'report'}", f"export_rows={rows}")
     md = (tmp_path / "report" / "report.md").read_text()
     assert "T7d" in md and "T7a" in md and "83.3" in md  # T7d's paper AIME25
     assert (tmp_path / "report" / "table7.png").read_bytes()[:4] == b"\x89PNG"
@@ -84,12 +85,10 @@ def test_reduced_world_runs_the_whole_pipeline_and_reports(tmp_path):
     assert summary["seeds"] == [1] and summary["heldout_questions"] == 12
     assert [c["id"] for c in summary["contrasts"] if c["id"].startswith("T7")]  # T7a-T7d paired over questions
 
-    # 4. the row folders alone (copied off the machine, the caches deleted) give the same report
+    # 4. the exported row folders alone (the caches deleted) give the same report
     import shutil
 
-    rows = tmp_path / "rows"
-    for p in (tmp_path / "outputs" / "ablate").rglob("row_result.json"):
-        shutil.copytree(p.parent, rows / p.parent.name)
+    assert sorted(p.name for p in rows.iterdir()) == ["T7a_seed1", "T7d_seed1"]
     shutil.rmtree(tmp_path / "outputs" / "ablate")
     _run("report.py", tmp_path, f"runs={rows}", "logger=none", f"hydra.run.dir={tmp_path / 'report2'}")
     again = json.loads((tmp_path / "report2" / "summary.json").read_text())

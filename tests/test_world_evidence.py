@@ -106,3 +106,24 @@ def test_world_weights_follow_the_bytes(tmp_path):
     (tmp_path / "teacher_b" / "model.safetensors").unlink()
     with pytest.raises(ValueError, match="teacher_b has no weight files"):
         evidence.world_weights(tmp_path)
+
+
+def test_export_rows_copies_what_the_report_reads(tmp_path):
+    step = _cache_step(tmp_path, "das_step", das=DAS)
+    row = _row(tmp_path, "T3b", 3, 2, [step])
+    old = dict(row, final={**row["final"], "results": str(Path(step["dir"]) / "eval" / "results.jsonl")})
+    old["steps"] = [{k: v for k, v in step.items() if k != "evidence"}]  # written before row-local copies
+    written = evidence.export_rows([row], tmp_path / "export")
+    assert [p.name for p in written] == ["T3b_seed2"]
+    written_old = evidence.export_rows([{**old, "id": "T3a"}], tmp_path / "export")
+    shutil.rmtree(tmp_path / "rows")
+    shutil.rmtree(tmp_path / "steps")
+    for folder in [*written, *written_old]:
+        p = folder / "row_result.json"
+        r = {**json.loads(p.read_text()), "_path": str(p)}
+        assert r["final"]["results"] == evidence.QUESTIONS_FILE and len(result_questions(r)) == 30
+    exported = {**json.loads((written[0] / "row_result.json").read_text()),
+                "_path": str(written[0] / "row_result.json")}
+    assert analyze([exported])["sentence_shares"]["T=0.6"]["sentences"] == 100
+    with pytest.raises(ValueError, match="per-question results .* are missing"):
+        evidence.export_rows([row], tmp_path / "again")  # its source folder is gone

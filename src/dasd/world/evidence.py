@@ -136,3 +136,34 @@ def check_same_weights(results: list[dict]) -> None:
             shown = "; ".join(f"{path} ({fp})" for fp, path in builds.items())
             raise ValueError(f"world {key}: rows from {len(builds)} different builds (model weights differ): "
                              f"{shown}. Report each build's rows separately, or rebuild and rerun")
+
+
+def export_rows(results: list[dict], dest: Path) -> list[Path]:
+    """Copy each reported row (``row_result.json`` and the files it names in its folder) to
+    ``dest/<id>_seed<seed>/``, for committing or sharing: ``python report.py runs=<dest>`` then rebuilds the
+    report with the caches gone. A row folder already there is replaced. Returns the folders written."""
+    written = []
+    for r in results:
+        src = Path(r["_path"]).parent
+        row = {k: v for k, v in r.items() if not k.startswith("_")}
+        out = dest / f"{r['id']}_seed{r['seed']}"
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        final = row.get("final") or {}
+        if final.get("results"):
+            given = resolve(r, final["results"])
+            if not given.is_file():
+                raise ValueError(f"{r['_path']}: its per-question results {given} are missing")
+            if Path(final["results"]).is_absolute():  # a row written before the row-local copy existed
+                write_questions(given, out / QUESTIONS_FILE)
+            else:
+                shutil.copyfile(given, out / QUESTIONS_FILE)
+            row["final"] = {**final, "results": QUESTIONS_FILE}
+        for entry in row.get("steps") or []:
+            for relative in (entry.get("evidence") or {}).values():
+                (out / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src / relative, out / relative)
+        (out / "row_result.json").write_text(json.dumps(row, indent=2))
+        written.append(out)
+    return written

@@ -32,7 +32,7 @@ from pathlib import Path
 from dasd.utils.logging import get_logger
 from dasd.world import contrasts as cx
 from dasd.world.contrasts import md_table as _md_table
-from dasd.world.evidence import check_same_weights
+from dasd.world.evidence import check_same_weights, export_rows
 
 log = get_logger(__name__)
 
@@ -640,6 +640,11 @@ def report(cfg) -> dict:
         cfg.tables, int | str) else cfg.tables)]
     out = write_report(runs, cfg.out_dir, tables, per_question=str(cfg.per_question), analysis=cfg.analysis,
                        summary_path=cfg.summary_path, bootstrap=dict(cfg.bootstrap))
+    if cfg.get("export_rows"):
+        rows, _ = collect(runs, tables)
+        written = export_rows(rows, Path(str(cfg.export_rows)))
+        log.info("%d row folders copied to %s (python report.py runs=%s rebuilds this report)", len(written),
+                 cfg.export_rows, cfg.export_rows)
     log_wandb(out, cfg.logger, group=cfg.experiment_name, name=str(cfg.run_name), out_dir=cfg.out_dir,
               config=OmegaConf.to_container(cfg, resolve=True))
     for t, table in out["tables"].items():
