@@ -364,3 +364,16 @@ def test_learning_curve_row_and_sweep(search):
     assert sweep.hydra.sweeper.params.experiment == "world/curve"  # curve_questions exists only in that row
     budgets = [float(x) for x in str(sweep.hydra.sweeper.params.curve_questions).split(",")]
     assert len(budgets) >= 5 and max(budgets) == sweep.budget.pool_questions.a
+
+
+def test_world_all_runs_two_rows_side_by_side_one_thread_each():
+    """sweep=world_all: Hydra's joblib launcher with two jobs at a time, one torch thread per job, seeds inner
+    (so the two running jobs are other seeds of one row) and Table 7 first."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("ablate", ["sweep=world_all"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+    assert cfg.hydra.launcher.n_jobs == 2 and int(cfg.hydra.launcher.batch_size) == 1 and cfg.threads == 1
+    params = cfg.hydra.sweeper.params
+    assert list(params)[-1] == "seed" and params.experiment.split(",")[:4] == [f"world/t7{c}" for c in "abcd"]

@@ -51,7 +51,9 @@ def test_reduced_world_runs_the_whole_pipeline_and_reports(tmp_path):
     assert (wdir / "teacher_a" / "model.safetensors").stat().st_mtime == mtime
 
     # 2. Table 7 (base, then DAS T=0.6 -> DAS T=1.0 -> mixed policy), one seed
-    _run("ablate.py", tmp_path, "-m", "experiment=world/t7a,world/t7d", "seed=1", *WORLD, *BUDGET, "logger=csv")
+    # side by side, as sweep=world_all runs its rows (Hydra's joblib launcher, one torch thread per job)
+    _run("ablate.py", tmp_path, "-m", "experiment=world/t7a,world/t7d", "seed=1", *WORLD, *BUDGET, "logger=csv",
+         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "threads=1")
     results = {json.loads(p.read_text())["id"]: json.loads(p.read_text())
                for p in (tmp_path / "outputs" / "ablate").rglob("row_result.json")}
     assert set(results) == {"T7a", "T7d"}

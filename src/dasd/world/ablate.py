@@ -490,6 +490,10 @@ def run_row(cfg: DictConfig) -> dict:
         raise ValueError("the row has no steps and eval_base is false: choose a row (experiment=world/t1a "
                          "... world/t7d, experiments/world/) or give steps")
     check_overrides([str(o) for o in cfg.train_overrides])
+    if cfg.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(run_dir / "manifest.json")
