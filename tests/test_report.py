@@ -140,12 +140,15 @@ def test_contrasts_are_computed_from_the_numbers(sweep, tmp_path):
     assert by_pair[("T7a", "T7d")]["paper_diff"] == pytest.approx(35.9)  # the whole recipe, paper's numbers
     assert by_pair[("T7a", "T7d")]["verdict"] == "reproduced"
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "| contrast (b − a) | what | paper AIME25 diff | toy diff [95% CI] | MDE | seeds × questions | " \
-           "verdict |" in md
+    assert "| contrast (b − a) | what | paper AIME25 diff | toy diff [95% CI] | MDE | seed sd | seeds for MDE ≤ 3 " \
+           "| seeds × questions | verdict |" in md
     lo, hi = (f"{das[k]:+.1f}" for k in ("ci_low", "ci_high"))
-    assert f"| T3a-T3b | DAS vs RS at T=0.6 | +2.3 | +10.0 [{lo}, {hi}] | {das['mde']:.1f} | 3 × 120 | " \
-           "reproduced |" in md
-    assert "| T3d-T3e | 50K DAS vs 100K RS at T=1.0 | — | — | — | — | not in the results: T3d |" in md
+    power = das["power"]  # the seeds the MDE target needs (dasd.world.power), 3 seeds: 2 degrees of freedom
+    assert power["df_seed"] == 2 and power["mde_target"] == 3.0 and power["sd_seed"] >= 0
+    need = power["seeds_for_target"] or "none"
+    assert f"| T3a-T3b | DAS vs RS at T=0.6 | +2.3 | +10.0 [{lo}, {hi}] | {das['mde']:.1f} | " \
+           f"{power['sd_seed']:.1f} | {need} | 3 × 120 | reproduced |" in md
+    assert "| T3d-T3e | 50K DAS vs 100K RS at T=1.0 | — | — | — | — | — | — | not in the results: T3d |" in md
     assert "**Verdicts (paired 95% interval vs the expected direction):** 1 reproduced, 1 contradicted, " \
            "2 not run. All row pairs: 5 of 6 ordered as the paper's AIME25." in md
     assert "- T7a → T7b → T7c → T7d: paper AIME25 47.4 → 74.0 → 83.0 → 83.3; toy avg@k 11.0 → 23.0 → 31.0 → " \
@@ -238,7 +241,8 @@ def test_duplicates_newest_first_and_mixed_worlds_flagged(sweep, tmp_path, caplo
     write_result(other, "T3a_seed1", make_result("T3a", 1, 99.0), mtime=2_000_000)  # newer: kept
     write_result(other, "T3b_seed2", make_result("T3b", 2, 0.0), mtime=10)  # older: dropped
     moved = {**WORLD, "key": "zz99"}
-    odd = make_result("T3c", 4, 51.0, world=moved, config={"budget": {"questions": 100, "eval": {"k": 4}}})
+    odd = make_result("T3c", 4, 51.0, world=moved, config={"budget": {"questions": 100, "eval": {"k": 4}},
+                                                          "train_overrides": ["optim.lr=3e-3"]})
     odd["final"]["n_questions"] = 60
     write_result(other, "T3c_seed4", odd)
     rep = write_report([sweep, other], tmp_path / "out")
@@ -253,6 +257,9 @@ def test_duplicates_newest_first_and_mixed_worlds_flagged(sweep, tmp_path, caplo
     assert any("different worlds" in w and "zz99 (T3c)" in w for w in warnings)
     assert "rows of table 3 ran on different budgets: budget.questions = 100 (T3c), 300 (T3a, T3b, T3c, T3e)" \
         in warnings and rep["tables"][7]["warnings"] == []
+    # rows trained with other overrides (another learning rate) are flagged too
+    assert 'rows of table 3 ran on different settings: train_overrides = ["optim.lr=3e-3"] (T3c), null (T3a, ' \
+        'T3b, T3c, T3e)' in warnings
     assert any("different numbers of held-out questions" in w and "T3c 60/120" in w for w in warnings)
     md = (tmp_path / "out" / "report.md").read_text()
     assert "2 duplicate result(s) of one (row, seed) dropped" in md and "> **Warning:** rows of table 3" in md

@@ -110,9 +110,10 @@ def test_verdicts():
 
 
 def test_bootstrap_settings_checked():
-    assert check_bootstrap(None) == {"resamples": 2000, "seed": 0}
-    assert check_bootstrap({"resamples": 500}) == {"resamples": 500, "seed": 0}
-    for bad in ({"resamples": 10}, {"resamples": "many"}, {"seed": 1.5}, {"resample": 500}):
+    assert check_bootstrap(None) == {"resamples": 2000, "seed": 0, "mde_target": 3.0}
+    assert check_bootstrap({"resamples": 500, "mde_target": 2}) == {"resamples": 500, "seed": 0, "mde_target": 2}
+    for bad in ({"resamples": 10}, {"resamples": "many"}, {"seed": 1.5}, {"resample": 500}, {"mde_target": 0},
+                {"mde_target": "3"}):
         with pytest.raises(ValueError, match="bootstrap: expected"):
             check_bootstrap(bad)
 

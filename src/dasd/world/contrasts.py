@@ -4,7 +4,8 @@ Two rows of a paper table, each run over the same seeds and evaluated on the sam
 compared cell by cell: diff = mean over seeds of the mean over questions of (b - a), in points. Its 95%
 interval comes from a hierarchical paired bootstrap (seeds and questions both resampled with replacement,
 questions crossed with seeds), its minimum detectable effect from the bootstrap's standard error, and its
-verdict from where the interval lies. Also here: the per-question results reader, the world-analysis file,
+verdict from where the interval lies; dasd.world.power splits its noise into seed, question and residual parts
+and projects how many seeds would bring the MDE to a target. Also here: the per-question results reader, the world-analysis file,
 ``summary.json`` and the figures of the contrasts, the learning curve and the cut-off shares.
 """
 
@@ -15,15 +16,11 @@ import math
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from statistics import NormalDist
-
 import numpy as np
 
 from dasd.world.analysis import CURVE_TABLE
 from dasd.world.evidence import open_text, resolve
-
-#: (z_0.975 + z_0.80): the effect a two-sided test at alpha 0.05 finds with 80% power is this many ses
-MDE_Z = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.80)
+from dasd.world.power import MDE_Z, power
 VERDICTS = ("reproduced", "contradicted", "inconclusive", "no expected direction")
 PER_QUESTION = ("required", "optional")
 #: the paper tables whose contrasts set summary.json's mde_points (issue 17)
@@ -148,14 +145,15 @@ def _counts(rng: np.random.Generator, n: int, resamples: int) -> np.ndarray:
     return np.bincount(idx.ravel(), minlength=resamples * n).reshape(resamples, n)
 
 
-def paired_contrast(a: dict, b: dict, *, resamples: int = 2000, seed: int = 0) -> dict:
+def paired_contrast(a: dict, b: dict, *, resamples: int = 2000, seed: int = 0, mde_target: float = 3.0) -> dict:
     """b - a over the paired (seed, question) cells, in points, with a hierarchical paired bootstrap.
 
     ``a``, ``b``: seed -> {question id -> accuracy in [0, 1]}. Each resample draws the seeds with replacement
     and, independently, the questions with replacement (the same drawn questions for every drawn seed:
     questions are crossed with seeds) and recomputes the diff. Returns diff, ci_low/ci_high (2.5/97.5
-    percentiles), se (bootstrap std), mde (80% power, two-sided alpha 0.05), per-seed diffs and the cells
-    dropped per side. ValueError when no cell is paired."""
+    percentiles), se (bootstrap std), mde (80% power, two-sided alpha 0.05), per-seed diffs, the cells
+    dropped per side and ``power`` (dasd.world.power: the noise's parts and the seeds the MDE needs to reach
+    ``mde_target``). ValueError when no cell is paired."""
     seeds, qids, A, B, dropped = pair_cells(a, b)
     if not seeds or not qids:
         raise ValueError(f"no (seed, question) cell in both rows (seeds {sorted(a, key=_seed_key)} vs "
@@ -171,15 +169,19 @@ def paired_contrast(a: dict, b: dict, *, resamples: int = 2000, seed: int = 0) -
     return {"diff": float(D.mean()), "ci_low": float(lo), "ci_high": float(hi), "se": se, "mde": MDE_Z * se,
             "n_seeds": len(seeds), "n_questions": len(qids), "seeds": seeds, "seed_level": seed_level,
             "per_seed_diff": [float(x) for x in D.mean(axis=1)], "dropped_cells": dropped,
-            "resamples": resamples, "bootstrap_seed": seed}
+            "resamples": resamples, "bootstrap_seed": seed, "power": power(D, mde_target)}
 
 
 def check_bootstrap(bootstrap: dict | None) -> dict:
-    """The bootstrap settings ({resamples, seed}, conf/report.yaml), defaults filled; ValueError when bad."""
-    out = {"resamples": 2000, "seed": 0, **(bootstrap or {})}
-    if set(out) != {"resamples", "seed"} or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                     for v in out.values()) or out["resamples"] < 100:
-        raise ValueError(f"bootstrap: expected {{resamples: int >= 100, seed: int}}, got {bootstrap!r}")
+    """The bootstrap settings ({resamples, seed, mde_target}, conf/report.yaml), defaults filled; ValueError
+    when bad."""
+    out = {"resamples": 2000, "seed": 0, "mde_target": 3.0, **(bootstrap or {})}
+    ints = all(isinstance(out.get(k), int) and not isinstance(out.get(k), bool) for k in ("resamples", "seed"))
+    target = out.get("mde_target")
+    if set(out) != {"resamples", "seed", "mde_target"} or not ints or out["resamples"] < 100 or not (
+            _num(target) and target > 0):
+        raise ValueError(f"bootstrap: expected {{resamples: int >= 100, seed: int, mde_target: number > 0}}, "
+                         f"got {bootstrap!r}")
     return out
 
 
@@ -194,7 +196,7 @@ def verdict(ci_low: float, ci_high: float, expected_sign: int | None) -> str:
 
 
 def add_interval(pair: dict, qa: dict | None, qb: dict | None, expect: int | None, *, resamples: int,
-                 seed: int) -> dict:
+                 seed: int, mde_target: float = 3.0) -> dict:
     """A contrast of report.compare_pair gains its paired interval and verdict. The expected sign is the
     paper's (from its numbers), else the contrast's own ``expect``. A side without per-question results
     (per_question=optional) keeps the seed-level comparison, said in ``method`` and ``verdict``."""
@@ -207,7 +209,7 @@ def add_interval(pair: dict, qa: dict | None, qb: dict | None, expect: int | Non
                 "ci_low": None, "ci_high": None, "se": None, "mde": None, "n_seeds": None,
                 "n_questions": None, "verdict": f"seed-level only: {pair['verdict']}"}
     try:
-        stats = paired_contrast(qa, qb, resamples=resamples, seed=seed)
+        stats = paired_contrast(qa, qb, resamples=resamples, seed=seed, mde_target=mde_target)
     except ValueError as e:
         return {**out, "method": f"not paired: {e}", "diff": None, "ci_low": None, "ci_high": None,
                 "se": None, "mde": None, "n_seeds": 0, "n_questions": 0, "verdict": f"not paired: {e}"}
@@ -239,17 +241,24 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def contrast_table(contrasts: Sequence[dict], metric: str | None) -> list[str]:
-    """The contrasts of one table: paper diff | toy diff [95% CI] | MDE | cells | verdict."""
-    body = []
+    """The contrasts of one table: paper diff | toy diff [95% CI] | MDE | seed sd | seeds for the MDE target |
+    cells | verdict."""
+    body, target = [], None
     for c in contrasts:
         ci = f" [{fmt(c['ci_low'], '+.1f')}, {fmt(c['ci_high'], '+.1f')}]" if c.get("ci_low") is not None else ""
         expected = {1: " (claim: +)", -1: " (claim: −)"}.get(c.get("expected_sign")) \
             if c.get("expected_from") == "claim" else ""
         cells = f"{c['n_seeds']} × {c['n_questions']}" if c.get("n_seeds") else "—"
+        p = c.get("power") or {}
+        target = p.get("mde_target", target)
+        need = "—" if p.get("sd_seed") is None else str(p["seeds_for_target"]) if p.get(
+            "seeds_for_target") else "none"
         body.append([f"{c['a']}-{c['b']}", c["what"], fmt(c.get("paper_diff"), "+.1f") + (expected or ""),
-                     fmt(c.get("diff"), "+.1f") + ci, fmt(c.get("mde")), cells, c["verdict"]])
+                     fmt(c.get("diff"), "+.1f") + ci, fmt(c.get("mde")), fmt(p.get("sd_seed")), need, cells,
+                     c["verdict"]])
     return md_table(["contrast (b − a)", "what", f"paper {metric or ''} diff".replace("  ", " "),
-                     "toy diff [95% CI]", "MDE", "seeds × questions", "verdict"], body)
+                     "toy diff [95% CI]", "MDE", "seed sd", f"seeds for MDE ≤ {fmt(target, 'g')}",
+                     "seeds × questions", "verdict"], body)
 
 
 # ----------------------------------------------------------------------------------------------- analysis
@@ -318,12 +327,19 @@ def build_summary(report: dict, results: Sequence[dict], analysis: dict) -> dict
     base = _row_mean(report, 7, "T7a")
     ks = sorted({r["final"]["k"] for r in results})
     questions = sorted({c["n_questions"] for c in paired})
+    powers = [c.get("power") or {} for c in paired if c["table"] in SUMMARY_TABLES]
+    needs = [p.get("seeds_for_target") if p.get("sd_seed") is not None else None for p in powers]
     return {
         "teacher_accuracy": next((a.get("teacher_a") for a in accuracy if "teacher_a" in a), None),
         "student_base_accuracy": base if base is not None else next(
             (a.get("student") for a in accuracy if "student" in a), None),
         "distilled_accuracy": _row_mean(report, 7, "T7d"),
         "mde_points": worst["mde"] if worst else None, "mde_contrast": worst["id"] if worst else None,
+        "mde_target": next((p["mde_target"] for p in powers if "mde_target" in p), None),
+        "seeds_for_mde_target": max(needs) if needs and None not in needs else None,
+        "seeds_for_mde_target_note": "the most seeds any contrast of Tables 1, 3, 5, 7 needs for its projected "
+                                     "MDE to reach mde_target (dasd.world.power); null when a contrast has one "
+                                     "seed or no number of seeds reaches it",
         "student_sentence_share": analysis["student_sentence_share"],
         "cutoff_ratio_by_length": analysis["cutoff_ratio_by_length"],
         "seeds": sorted({r["seed"] for r in results}, key=_seed_key),
@@ -338,7 +354,7 @@ def build_summary(report: dict, results: Sequence[dict], analysis: dict) -> dict
         "sentence_shares": analysis.get("sentence_shares"),
         "verdicts": verdict_counts(contrasts),
         "contrasts": [{k: c.get(k) for k in ("id", "diff", "ci_low", "ci_high", "verdict", "table", "what",
-                                             "paper_diff", "mde", "expected_sign", "n_seeds", "n_questions")}
+                                             "paper_diff", "mde", "expected_sign", "n_seeds", "n_questions", "power")}
                       for c in contrasts],
     }
 
@@ -351,9 +367,12 @@ def summary_lines(report: dict) -> list[str]:
             f"{fmt(s['student_base_accuracy'])}%, distilled (T7d) {fmt(s['distilled_accuracy'])}%; seeds "
             f"{s['seeds']}, {s['heldout_questions'] or '—'} paired held-out questions, k = {s['k']}; worst "
             f"minimum detectable effect (80% power) {fmt(s['mde_points'])} points ({s['mde_contrast'] or '—'}); "
+            f"seeds for every MDE ≤ {fmt(s.get('mde_target'), 'g')}: {s.get('seeds_for_mde_target') or '—'}; "
             f"verdicts: {verdicts}; {fmt(s['wall_hours'], '.2f')} h of row jobs (summed).",
             "Contrasts: diff = b − a in points over the (seed, question) cells both rows hold; 95% CI from a "
-            "paired bootstrap over seeds and questions; MDE = 2.8 × its se. Verdict: *reproduced* when the CI "
+            "paired bootstrap over seeds and questions; MDE = 2.8 × its se. Seed sd and the seeds the MDE target needs: "
+            "variance components of the paired differences (dasd.world.power; with 2 seeds a point estimate on "
+            "1 degree of freedom). Verdict: *reproduced* when the CI "
             "excludes 0 in the expected direction (the paper's numbers, or the claim marked for a control), "
             "*contradicted* when it excludes 0 the other way, else *inconclusive*."]
 

@@ -206,9 +206,20 @@ def _flat(x, prefix: str = "budget") -> dict[str, str]:
     return {prefix: json.dumps(x, sort_keys=True)}
 
 
+#: the run settings besides the budget whose difference between the rows of a table is flagged
+OVERRIDES = ("train_overrides", "generate_overrides", "eval_overrides")
+
+
+def _settings(r: dict) -> dict:
+    """A row's budget knobs and its train/generate/eval overrides as dotted keys -> JSON values."""
+    config = r.get("config") if isinstance(r.get("config"), dict) else {}
+    return {**_flat(_budget(r)), **{k: json.dumps(config.get(k), sort_keys=True) for k in OVERRIDES}}
+
+
 def budget_warnings(table: int, by_row: dict[str, list[dict]]) -> list[str]:
-    """One warning per budget knob (``config.budget``) whose value differs between the results of a table."""
-    flats = {(row, i): _flat(_budget(r)) for row, rs in by_row.items() for i, r in enumerate(rs)}
+    """One warning per budget knob (``config.budget``) or override list (``config.train_overrides``, ...) whose
+    value differs between the results of a table: rows trained or evaluated differently are not comparable."""
+    flats = {(row, i): _settings(r) for row, rs in by_row.items() for i, r in enumerate(rs)}
     keys = sorted({k for f in flats.values() for k in f})
     out = []
     for key in keys:
@@ -216,7 +227,8 @@ def budget_warnings(table: int, by_row: dict[str, list[dict]]) -> list[str]:
         for (row, _), f in flats.items():
             seen[f.get(key, "absent")].add(row)
         if len(seen) > 1:
-            out.append(f"rows of table {table} ran on different budgets: {key} = " + ", ".join(
+            what = "budgets" if key.startswith("budget") else "settings"
+            out.append(f"rows of table {table} ran on different {what}: {key} = " + ", ".join(
                 f"{v} ({', '.join(sorted(rows, key=natural_key))})" for v, rows in sorted(seen.items())))
     return out
 
