@@ -16,11 +16,13 @@ import math
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+
 import numpy as np
 
 from dasd.world.analysis import CURVE_TABLE
 from dasd.world.evidence import open_text, resolve
 from dasd.world.power import MDE_Z, power
+
 VERDICTS = ("reproduced", "contradicted", "inconclusive", "no expected direction")
 PER_QUESTION = ("required", "optional")
 #: the paper tables whose contrasts set summary.json's mde_points (issue 17)
