@@ -4,9 +4,10 @@ Two rows of a paper table, each run over the same seeds and evaluated on the sam
 compared cell by cell: diff = mean over seeds of the mean over questions of (b - a), in points. Its 95%
 interval comes from a hierarchical paired bootstrap (seeds and questions both resampled with replacement,
 questions crossed with seeds), its minimum detectable effect from the bootstrap's standard error, and its
-verdict from where the interval lies; dasd.world.power splits its noise into seed, question and residual parts
-and projects how many seeds would bring the MDE to a target. Also here: the per-question results reader, the world-analysis file,
-``summary.json`` and the figures of the contrasts, the learning curve and the cut-off shares.
+verdict from where the interval lies; dasd.world.power splits its noise into seed, question and residual
+parts and projects how many seeds would bring the MDE to a target. Also here: the per-question results
+reader, the world-analysis file, ``summary.json`` and the figures of the contrasts, the learning curve and the
+cut-off shares.
 """
 
 from __future__ import annotations
