@@ -373,10 +373,10 @@ def summary_lines(report: dict) -> list[str]:
             f"seeds for every MDE ≤ {fmt(s.get('mde_target'), 'g')}: {s.get('seeds_for_mde_target') or '—'}; "
             f"verdicts: {verdicts}; {fmt(s['wall_hours'], '.2f')} h of row jobs (summed).",
             "Contrasts: diff = b − a in points over the (seed, question) cells both rows hold; 95% CI from a "
-            "paired bootstrap over seeds and questions; MDE = 2.8 × its se. Seed sd and the seeds the MDE target needs: "
-            "variance components of the paired differences (dasd.world.power; with 2 seeds a point estimate on "
-            "1 degree of freedom). Verdict: *reproduced* when the CI "
-            "excludes 0 in the expected direction (the paper's numbers, or the claim marked for a control), "
+            "paired bootstrap over seeds and questions; MDE = 2.8 × its se. Seed sd and the seeds the MDE target "
+            "needs: variance components of the paired differences (dasd.world.power; the seed sd rests on "
+            f"{max(len(s['seeds']) - 1, 0)} degree(s) of freedom: a rough size with few seeds). Verdict: "
+            "*reproduced* when the CI excludes 0 in the expected direction (the paper's numbers, or the claim marked for a control), "
             "*contradicted* when it excludes 0 the other way, else *inconclusive*."]
 
 
