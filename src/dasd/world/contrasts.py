@@ -22,7 +22,7 @@ import numpy as np
 
 from dasd.world.analysis import CURVE_TABLE
 from dasd.world.evidence import open_text, resolve
-from dasd.world.power import MDE_Z, power
+from dasd.world.power import MDE_TARGET, MDE_Z, power
 
 VERDICTS = ("reproduced", "contradicted", "inconclusive", "no expected direction")
 PER_QUESTION = ("required", "optional")
@@ -148,7 +148,8 @@ def _counts(rng: np.random.Generator, n: int, resamples: int) -> np.ndarray:
     return np.bincount(idx.ravel(), minlength=resamples * n).reshape(resamples, n)
 
 
-def paired_contrast(a: dict, b: dict, *, resamples: int = 2000, seed: int = 0, mde_target: float = 3.0) -> dict:
+def paired_contrast(a: dict, b: dict, *, resamples: int = 2000, seed: int = 0,
+                    mde_target: float = MDE_TARGET) -> dict:
     """b - a over the paired (seed, question) cells, in points, with a hierarchical paired bootstrap.
 
     ``a``, ``b``: seed -> {question id -> accuracy in [0, 1]}. Each resample draws the seeds with replacement
@@ -178,7 +179,7 @@ def paired_contrast(a: dict, b: dict, *, resamples: int = 2000, seed: int = 0, m
 def check_bootstrap(bootstrap: dict | None) -> dict:
     """The bootstrap settings ({resamples, seed, mde_target}, conf/report.yaml), defaults filled; ValueError
     when bad."""
-    out = {"resamples": 2000, "seed": 0, "mde_target": 3.0, **(bootstrap or {})}
+    out = {"resamples": 2000, "seed": 0, "mde_target": MDE_TARGET, **(bootstrap or {})}
     ints = all(isinstance(out.get(k), int) and not isinstance(out.get(k), bool) for k in ("resamples", "seed"))
     target = out.get("mde_target")
     if set(out) != {"resamples", "seed", "mde_target"} or not ints or out["resamples"] < 100 or not (
@@ -199,7 +200,7 @@ def verdict(ci_low: float, ci_high: float, expected_sign: int | None) -> str:
 
 
 def add_interval(pair: dict, qa: dict | None, qb: dict | None, expect: int | None, *, resamples: int,
-                 seed: int, mde_target: float = 3.0) -> dict:
+                 seed: int, mde_target: float = MDE_TARGET) -> dict:
     """A contrast of report.compare_pair gains its paired interval and verdict. The expected sign is the
     paper's (from its numbers), else the contrast's own ``expect``. A side without per-question results
     (per_question=optional) keeps the seed-level comparison, said in ``method`` and ``verdict``."""
@@ -331,7 +332,7 @@ def build_summary(report: dict, results: Sequence[dict], analysis: dict) -> dict
     ks = sorted({r["final"]["k"] for r in results})
     questions = sorted({c["n_questions"] for c in paired})
     powers = [c.get("power") or {} for c in paired if c["table"] in SUMMARY_TABLES]
-    needs = [p.get("seeds_for_target") if p.get("sd_seed") is not None else None for p in powers]
+    needs = [p.get("seeds_for_target") for p in powers]  # None: one seed, or no number of seeds reaches it
     return {
         "teacher_accuracy": next((a.get("teacher_a") for a in accuracy if "teacher_a" in a), None),
         "student_base_accuracy": base if base is not None else next(
@@ -357,7 +358,8 @@ def build_summary(report: dict, results: Sequence[dict], analysis: dict) -> dict
         "sentence_shares": analysis.get("sentence_shares"),
         "verdicts": verdict_counts(contrasts),
         "contrasts": [{k: c.get(k) for k in ("id", "diff", "ci_low", "ci_high", "verdict", "table", "what",
-                                             "paper_diff", "mde", "expected_sign", "n_seeds", "n_questions", "power")}
+                                             "paper_diff", "mde", "expected_sign", "n_seeds", "n_questions",
+                                             "power")}
                       for c in contrasts],
     }
 
@@ -376,8 +378,8 @@ def summary_lines(report: dict) -> list[str]:
             "paired bootstrap over seeds and questions; MDE = 2.8 × its se. Seed sd and the seeds the MDE target "
             "needs: variance components of the paired differences (dasd.world.power; the seed sd rests on "
             f"{max(len(s['seeds']) - 1, 0)} degree(s) of freedom: a rough size with few seeds). Verdict: "
-            "*reproduced* when the CI excludes 0 in the expected direction (the paper's numbers, or the claim marked for a control), "
-            "*contradicted* when it excludes 0 the other way, else *inconclusive*."]
+            "*reproduced* when the CI excludes 0 in the expected direction (the paper's numbers, or the claim "
+            "marked for a control), *contradicted* when it excludes 0 the other way, else *inconclusive*."]
 
 
 # ----------------------------------------------------------------------------------------------- figures

@@ -37,6 +37,8 @@ MDE_Z = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.80)
 MAX_SEEDS = 10_000
 #: how many times the pigeonhole bootstrap counts the residual variance (module docstring)
 BOOTSTRAP_RESIDUAL = 3.0
+#: the default MDE target (points) whose seeds a contrast reports (conf/report.yaml bootstrap.mde_target)
+MDE_TARGET = 3.0
 
 
 def variance_components(D: np.ndarray) -> dict:
@@ -45,7 +47,8 @@ def variance_components(D: np.ndarray) -> dict:
     ``seed`` is None and ``residual`` holds both."""
     D = np.asarray(D, dtype=float)
     if D.ndim != 2 or D.size == 0:
-        raise ValueError(f"variance_components: expected a non-empty [seeds, questions] matrix, got shape {D.shape}")
+        raise ValueError(f"variance_components: expected a non-empty [seeds, questions] matrix, got shape "
+                         f"{D.shape}")
     S, Q = D.shape
     g, m_s, c_q = D.mean(), D.mean(axis=1), D.mean(axis=0)
     if S == 1:
@@ -72,8 +75,9 @@ def projected_mde(comp: dict, seeds: int, questions: int | None = None, *,
 
 
 def seeds_needed(comp: dict, target: float, questions: int | None = None) -> int | None:
-    """The fewest seeds whose projected (bootstrap) MDE is <= ``target`` points at ``questions`` questions; None when no
-    number of seeds reaches it (the question term alone is too large) or the components are not identified."""
+    """The fewest seeds whose projected (bootstrap) MDE is <= ``target`` points at ``questions`` questions;
+    None when no number of seeds reaches it (the question term alone is too large) or the components are not
+    identified."""
     if comp.get("seed") is None or target <= 0:
         return None
     q = questions or comp["questions"]
