@@ -174,8 +174,9 @@ def export_checkpoint(model, tokenizer, target: Path) -> float:
 
 def one_round(index: int, root: Path, args: argparse.Namespace, dm, model, tokenizer, settings: dict,
               filters: dict) -> dict:
-    from dasd.mixed.revise import RoundPaths, read_jsonl
+    from dasd.mixed.revise import RoundPaths
     from dasd.mixed.round import build_spec, draw, run_round
+    from dasd.utils.io import read_jsonl
 
     k = 1  # the round after epoch 0; the same index every repeat, so every repeat does the same work
     folder = root / f"repeat_{index}"

@@ -170,7 +170,7 @@ def test_value_sets_equal_their_owners():
     from dasd.eval.tasks import TASKS
     from dasd.generation.engine import LOGPROB_MODES
     from dasd.mixed.revise import ENGINES
-    from dasd.training.loggers import WANDB_MODES
+    from dasd.utils.wandb import WANDB_MODES
 
     lightning = [v for part in get_args(lightning_precision._PRECISION_INPUT) for v in get_args(part)]
     assert sorted(map(str, s.PRECISIONS)) == sorted(map(str, lightning))

@@ -20,7 +20,7 @@ from dasd.das.align import (
     teacher_token_starts,
 )
 from dasd.das.segment import segment
-from dasd.generation.harmony import parse_harmony
+from dasd.text.harmony import parse_harmony
 
 TEXT = ("<think>\nLet x ≠ 0. Then 3 × x ÷ x = 3, déjà vu!\n\n  We check: 3.5 × 2 = 7.\n</think>\n\n"
         "The answer is **3** (not 4). Café ≠ cafe.")

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from dasd.eval.grading import choice_letter, exact_answer, grade
 from dasd.eval.tasks import MATH_INSTRUCTION, TASKS, EvalItem, TaskError, load_task
+from dasd.text.grading import choice_letter, exact_answer, grade
 
 GPQA_COLUMNS = ["Record ID", "Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2",
                 "Incorrect Answer 3", "High-level domain"]

@@ -19,8 +19,8 @@ from conftest import write_jsonl
 from test_config import compose_cfg
 from wandb_offline import read_history, run_files
 
-from dasd.eval.grading import exact_answer
 from dasd.eval.run import evaluate, read_results
+from dasd.text.grading import exact_answer
 from dasd.training.stages import training_config_hash
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,9 +151,9 @@ def test_evaluate_cli_with_vllm(tmp_path):
 def test_unfinished_reasoning_is_never_correct():
     """A sample cut by the budget before </think> has no answer: the numbers and letters of its reasoning do
     not count, even where the grader would find the reference in them."""
-    from dasd.eval.grading import grade
     from dasd.eval.run import unfinished
     from dasd.generation.engine import Sample
+    from dasd.text.grading import grade
 
     def sample(text, finish):
         return Sample(text=text, token_ids=[1], logprobs=[0.0], finish_reason=finish, prompt_token_ids=[0],

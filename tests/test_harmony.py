@@ -9,8 +9,10 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
-from dasd.generation.harmony import HARMONY_TOKENS, THINK_CLOSE, THINK_OPEN, parse_harmony, parse_harmony_text
 from dasd.models.student import asset_path, load_tokenizer
+from dasd.text.harmony import HARMONY_TOKENS, parse_harmony, parse_harmony_text
+from dasd.text.think import THINK_PREFIX as THINK_OPEN
+from dasd.text.think import THINK_SEPARATOR as THINK_CLOSE
 
 START, END, MESSAGE, CHANNEL, CONSTRAIN, RETURN, CALL = HARMONY_TOKENS
 

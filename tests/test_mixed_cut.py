@@ -12,11 +12,12 @@ import pytest
 
 from dasd.das.segment import segment
 from dasd.generation.engine import Request, Sample, render_prompt
-from dasd.generation.harmony import HARMONY_TOKENS, THINK_CLOSE
 from dasd.generation.pipeline import TeacherFormat
 from dasd.mixed.continuation import assemble, continuation_prompt
 from dasd.mixed.cut import choose_cut, cut_bounds, cut_positions, draw_cut
 from dasd.models.student import asset_path, load_tokenizer
+from dasd.text.harmony import HARMONY_TOKENS
+from dasd.text.think import THINK_SEPARATOR as THINK_CLOSE
 
 START, END, MESSAGE, CHANNEL, CONSTRAIN, RETURN, CALL = HARMONY_TOKENS
 LEAD = "<think>\n"

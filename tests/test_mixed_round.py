@@ -14,8 +14,9 @@ from dasd.data.template import ChatTemplater
 from dasd.generation.engine import Sample
 from dasd.mixed import revise
 from dasd.mixed import round as round_mod
-from dasd.mixed.revise import continuation_budget, run_continue, write_jsonl
+from dasd.mixed.revise import continuation_budget, run_continue
 from dasd.models.student import asset_path, load_tokenizer
+from dasd.utils.io import write_jsonl
 
 SYSTEM = "You are a helpful assistant."
 SHORT = "<think>\nLet me add. Two and two. That is four."

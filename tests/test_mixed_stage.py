@@ -24,13 +24,15 @@ from dasd.data.datamodule import iter_source_rows, source_rows
 from dasd.data.records import iter_jsonl
 from dasd.mixed import callback as callback_mod
 from dasd.mixed import stage as stage_mod
-from dasd.mixed.callback import MixedPolicyRevision, offload_plan
+from dasd.mixed.callback import MixedPolicyRevision
 from dasd.mixed.revise import spec_hash
 from dasd.mixed.round import build_spec
-from dasd.mixed.sync import RankZeroWork, env_rank_zero, launch_id
 from dasd.models.student import asset_path
+from dasd.training.offload import offload_plan
 from dasd.training.stages import NON_TRAINING_KEYS, plan_stage, training_config_hash
 from dasd.training.strategy import zero3_config
+from dasd.utils.ranks import env_rank_zero
+from dasd.utils.sync import RankZeroWork, launch_id
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"

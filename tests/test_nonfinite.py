@@ -24,7 +24,7 @@ from dasd.training.module import SFTModule
 from dasd.training.nonfinite import NonFiniteConfig, NonFiniteError, TrainingFailed
 from dasd.training.optim import OptimConfig
 from dasd.training.stages import resolve_init
-from dasd.training.strategy import optimizer_steps
+from dasd.utils.steps import optimizer_steps
 
 NAN = float("nan")
 CONF = Path(__file__).resolve().parent.parent / "conf"

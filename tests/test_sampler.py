@@ -217,7 +217,7 @@ def test_optimizer_steps_count_micro_batches_only_under_self_accumulating_strate
     count (metrics, checkpoints, data position, mixed rounds) is optimizer steps either way."""
     from types import SimpleNamespace
 
-    from dasd.training.strategy import micro_batches_per_step, optimizer_steps
+    from dasd.utils.steps import micro_batches_per_step, optimizer_steps
 
     ds = SimpleNamespace(global_step=12, accumulate_grad_batches=4,
                          strategy=SimpleNamespace(handles_gradient_accumulation=True))

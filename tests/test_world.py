@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from dasd.data.records import read_records
-from dasd.eval.grading import grade
 from dasd.eval.tasks import load_task
+from dasd.text.grading import grade
 from dasd.world.generator import (
     DEFAULT_WEIGHTS,
     FAMILIES,
@@ -152,7 +152,7 @@ def test_bad_arguments():
 
 
 def test_facts_are_true_one_step_equations_of_the_worlds_solutions():
-    from dasd.eval.grading import exact_answer
+    from dasd.text.grading import exact_answer
     from dasd.world.generator import _eval, fact_records
 
     records = fact_records(300, seed=3, difficulty=(1, 2))
@@ -166,7 +166,7 @@ def test_facts_are_true_one_step_equations_of_the_worlds_solutions():
 
 
 def test_weak_correct_sets_the_weak_styles_accuracy():
-    from dasd.eval.grading import exact_answer
+    from dasd.text.grading import exact_answer
 
     def right(weak_correct):
         recs = make_records(1500, seed=4, difficulty=(1, 2), style="weak", weak_correct=weak_correct)
@@ -251,12 +251,15 @@ def test_build_refuses_a_weaker_epoch_outside_the_run(tmp_path):
 
 
 def test_hydra_quoting_of_child_overrides():
+    """What a child process is given is read back exactly by Hydra: commas, spaces, quotes, and backslashes
+    anywhere (a prompt asking for \\boxed{}, a path ending in one, one before a quote)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from dasd.world.build import _q
+    from dasd.utils.child import hydra_literal
 
     parser = OverridesParser.create()
-    for value in ("You are Qwen, created by Alibaba Cloud.", "it's ${x} a\\b", "/a b/c"):
-        (ov,) = parser.parse_overrides([f"data.system_prompt={_q(value)}"])
+    for value in ("You are Qwen, created by Alibaba Cloud.", "it's ${x} a\\b", "/a b/c",
+                  "Put the answer in \\boxed{}.", "C:\\runs\\", "x\\'y", "x\\\\"):
+        (ov,) = parser.parse_overrides([f"data.system_prompt={hydra_literal(value)}"])
         assert ov.value() == value
-    assert _q(None) == "null"
+    assert hydra_literal(None) == "null"

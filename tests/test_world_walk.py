@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import pytest
 
-from dasd.eval.grading import grade
+from dasd.text.grading import grade
 from dasd.world.generator import check_solution, fact_records, make_records, record_problem, solve
 from dasd.world.walk import HIGH, LOW, WalkSettings, walk_params
 

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from dasd.utils.assets import ASSETS, asset_path  # noqa: F401 - ${asset:...} and its users
+
 # Imports nothing heavy (no torch): the entry points import this module before Hydra composes the config, and a
 # config error (dasd.config_schema) should stop a run in about a second.
-ASSETS = Path(__file__).resolve().parent / "assets"
 TEMPERATURES = {"low": 0.6, "high": 1.0}  # the schedule of spec §6.1: stage 1 and stage 2
-
-
-def asset_path(name: str) -> str:
-    """Absolute path of a shipped asset (``${asset:tiny_qwen3}`` in configs)."""
-    path = ASSETS / name
-    if not path.exists():
-        raise FileNotFoundError(f"dasd asset {name!r} not found at {path}")
-    return str(path)
 
 
 def temperature_value(value: str | float) -> float:

@@ -21,7 +21,7 @@ ON_ERROR = ("raise", "skip")  # dasd.data.records.ON_ERROR
 TASKS = ("aime24", "aime25", "gpqa_diamond", "records")  # dasd.eval.tasks.TASKS (loaders)
 PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true",
               "bf16-mixed", "32-true", "64-true", "64", "32", "16", "bf16", 64, 32, 16)  # Lightning's inputs
-WANDB_MODES = ("auto", "online", "offline", "disabled")  # dasd.training.loggers
+WANDB_MODES = ("auto", "online", "offline", "disabled")  # dasd.utils.wandb
 LOGGERS = ("wandb", "csv", "none")  # dasd.training.loggers.build_loggers
 LOGPROB_MODES = ("raw", "processed")  # dasd.generation.engine
 DAS_RULES = ("teacher_count", "teacher_share", "longest", "min_teacher_count")  # dasd.das.selector.RULES

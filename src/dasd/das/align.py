@@ -16,7 +16,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from dasd.das.segment import whitespace_mask
-from dasd.generation.harmony import _char_positions, _token_items
+from dasd.text.harmony import char_positions, token_items
 
 
 class AlignmentError(ValueError):
@@ -66,14 +66,14 @@ def byte_level_token_starts(token_ids: Sequence[int], tokenizer: PreTrainedToken
 
     A token that begins inside a multi-byte character (continuation bytes) takes that character's offset.
     """
-    items = _token_items(list(token_ids), tokenizer)
+    items = token_items(list(token_ids), tokenizer)
     buf = bytearray()
     byte_start = np.full(len(items), -1, dtype=np.int64)
     for control, data, k in items:
         if control is None and data:
             byte_start[k] = len(buf)
             buf += data
-    text, positions = _char_positions(bytes(buf))
+    text, positions = char_positions(bytes(buf))
     pos = np.asarray(positions, dtype=np.int64)
     has = byte_start >= 0
     bs = byte_start[has]

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dasd.utils.plots import pyplot
+
 DPI = 120
 
 #: sentence types in display order: (details key, display name, label used in examples).
@@ -102,8 +104,7 @@ def _ratio(a: float, b: float) -> float:
 
 
 def _save(fig, path) -> Path:
-    from dasd.utils.plots import plt
-
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -185,8 +186,7 @@ def summary(details: Mapping[str, Sequence]) -> dict:
 def plot_sentence_types(details: Mapping[str, Sequence], path, beta: float) -> Path:
     """Grouped bars: share of Teacher / Shared / Student / unlabeled sentences in all candidates, the DAS
     selection and the RS selection (bar labels: sentence counts)."""
-    from dasd.utils.plots import plt
-
+    plt = pyplot()
     keys = ("n_teacher", "n_student", "n_shared", "n_unlabeled", "das", "random")
     d = _as_arrays(details, keys)
     masks = _masks(d)
@@ -216,8 +216,7 @@ def plot_sentence_types(details: Mapping[str, Sequence], path, beta: float) -> P
 def plot_teacher_counts(details: Mapping[str, Sequence], path) -> Path:
     """Step histograms (integer bins, fraction of each group's responses) of the Teacher Sentence count per
     response for all candidates, DAS and RS; the means in the legend and as dashed lines."""
-    from dasd.utils.plots import plt
-
+    plt = pyplot()
     d = _as_arrays(details, ("n_teacher", "das", "random"))
     masks = _masks(d)
     values = {name: d["n_teacher"][masks[name]].astype(np.int64) for name, _, _ in GROUPS}
@@ -244,8 +243,7 @@ def plot_lengths(details: Mapping[str, Sequence], path) -> Path:
     """Response length (student tokens) of the DAS and RS selections: histograms with mean (solid) and
     median (dotted) lines; the title states the mean length ratio DAS/random, since the Teacher Sentence
     count grows with length (§5.4 caveat)."""
-    from dasd.utils.plots import plt
-
+    plt = pyplot()
     d = _as_arrays(details, ("num_tokens", "das", "random"))
     groups = [g for g in GROUPS if g[0] != "all"]
     values = {name: d["num_tokens"][d[name]].astype(np.float64) for name, _, _ in groups}
@@ -274,8 +272,7 @@ def plot_lengths(details: Mapping[str, Sequence], path) -> Path:
 def plot_response_probability(details: Mapping[str, Sequence], path) -> Path:
     """The report's Fig. 10: density of the response probability (geometric mean of token probabilities,
     §2.2) on [0, 1] for the DAS and RS selections, under the teacher (left) and the student (right)."""
-    from dasd.utils.plots import plt
-
+    plt = pyplot()
     d = _as_arrays(details, ("p_teacher", "p_student", "das", "random"))
     groups = [g for g in GROUPS if g[0] != "all"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))

@@ -21,7 +21,6 @@ Scoring is resumable: an interrupted run keeps its finished parts and the next r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -33,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dasd.das.align import sentence_probability
+from dasd.utils.hashing import stable_hash
 
 LIST_COLUMNS = ("starts", "ends", "t_sum", "t_num", "s_sum", "s_num")
 SCALAR_COLUMNS = ("t_total", "t_tokens", "s_total", "s_tokens")
@@ -108,23 +108,8 @@ class Summary:
         return {u: i for i, u in enumerate(self.uuid.tolist())}
 
 
-def model_fingerprint(name_or_path: str) -> str:
-    """Identifies a model's weights cheaply: for a local folder the config plus each weight file's name, size
-    and first MiB; for a hub id the id (pin a revision by passing a local snapshot path)."""
-    path = Path(name_or_path)
-    if not path.is_dir():
-        return f"hub:{name_or_path}"
-    digest = hashlib.sha256()
-    for f in sorted(path.iterdir()):
-        if f.name == "config.json" or f.suffix in (".safetensors", ".bin", ".pt"):
-            digest.update(f"{f.name}:{f.stat().st_size}".encode())
-            with f.open("rb") as fh:
-                digest.update(fh.read(1 << 20))
-    return f"dir:{digest.hexdigest()[:16]}"
-
-
 def store_key(**parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return stable_hash(parts, 20)
 
 
 class ScoreStore:

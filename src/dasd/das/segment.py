@@ -22,8 +22,9 @@ import re
 
 import numpy as np
 
+from dasd.text.think import THINK_TAGS
+
 SEGMENTATION_VERSION = 1
-THINK_TAGS = ("<think>", "</think>")
 
 _TAG = re.compile("|".join(map(re.escape, THINK_TAGS)))
 _FENCE = re.compile(r"^[^\S\n]*```", re.MULTILINE)

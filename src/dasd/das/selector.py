@@ -30,10 +30,17 @@ from pathlib import Path
 import numpy as np
 
 from dasd.das import align
-from dasd.das.scores import CandidateScores, ScoreStore, Summary, model_fingerprint, store_key
+from dasd.das.report import summary as details_summary
+from dasd.das.scores import CandidateScores, ScoreStore, Summary, store_key
 from dasd.das.segment import SEGMENTATION_VERSION, segment
+from dasd.data.cache import tokenizer_fingerprint
 from dasd.data.records import Record
 from dasd.data.selection import RandomSelector, question_key
+from dasd.data.template import ChatTemplater
+from dasd.generation.hf import HFEngine
+from dasd.models.student import load_tokenizer
+from dasd.text.harmony import parse_harmony
+from dasd.utils.hashing import model_fingerprint
 from dasd.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -126,10 +133,6 @@ class DivergenceSelector:
         """Open the score store for this data and chat settings; load the scoring student's tokenizer. When the
         data module's samples were tokenized by the same tokenizer (``tokenizer_fingerprint_of_samples``),
         ``observe`` takes the prompt and response ids from the rendered sample instead of templating again."""
-        from dasd.data.cache import tokenizer_fingerprint
-        from dasd.data.template import ChatTemplater
-        from dasd.models.student import load_tokenizer
-
         self.tokenizer = load_tokenizer(self.scoring_student)
         self.templater = ChatTemplater(self.tokenizer, system_prompt=system_prompt, end_of_turn=end_of_turn)
         fingerprint = tokenizer_fingerprint(self.tokenizer)
@@ -167,8 +170,6 @@ class DivergenceSelector:
         if self._engine is None:
             log.info("DAS: loading the scoring student %s (%s engine)", self.scoring_student, self.engine_name)
             if self.engine_name == "hf":
-                from dasd.generation.hf import HFEngine
-
                 self._engine = HFEngine(model=self.scoring_student, **self.engine_args)
             else:
                 from dasd.generation.vllm_engine import VLLMEngine
@@ -222,8 +223,6 @@ class DivergenceSelector:
         output, ids = item.record.output, [int(i) for i in item.token_ids]
         spans = item.extra.get("token_spans") if item.extra else None
         if spans is None and self.teacher_format == "harmony":
-            from dasd.generation.harmony import parse_harmony
-
             h = parse_harmony(ids, self._teacher_tokenizer())
             if h.output != output:
                 raise align.AlignmentError("the harmony conversion of the teacher tokens differs from output")
@@ -308,8 +307,6 @@ class DivergenceSelector:
         random_pick, _ = RandomSelector(self.seed).select(pool)
         self.details = self._details(pool, summary, index, {r.uuid for r in chosen}, {r.uuid for r in random_pick})
         self.examples = self._example_cards({r.uuid for r in chosen}, {r.uuid for r in random_pick})
-        from dasd.das.report import summary as details_summary
-
         report = {"sampler": self.name, "rule": self.rule, "beta": self.beta, "candidates": len(records),
                   "questions": len(groups), "selected": len(chosen), "not_selected": len(pool) - len(chosen),
                   "alignment_skipped": len(self._failed),

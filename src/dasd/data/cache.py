@@ -21,6 +21,7 @@ import numpy as np
 
 from dasd.data.records import Record
 from dasd.data.template import ChatTemplater, TokenizedSample
+from dasd.utils.hashing import stable_hash
 
 
 def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
@@ -39,7 +40,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def cache_key(**parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return stable_hash(parts, 20)
 
 
 class CachedSample:

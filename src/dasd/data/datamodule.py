@@ -20,12 +20,12 @@ from dasd.data.filters import FilterConfig, FilterInput, FilterReport, apply_fil
 from dasd.data.packing import PackCollator, PackedDataset, PackingReport, pack_samples
 from dasd.data.records import Record, decode_line, jsonl_lines, think_output
 from dasd.data.sampler import ResumableDataLoader, StepBatchSampler
-from dasd.data.selection import question_key
+from dasd.data.selection import KeepAllSelector, question_key
 from dasd.data.sources import SourceReport, TeacherRecord, iter_generated, iter_released, join_logprobs
 from dasd.data.template import ChatTemplater, TokenizedSample, student_prefix_chars
-from dasd.eval.grading import reference_answer
-from dasd.training.strategy import optimizer_steps
+from dasd.text.grading import reference_answer
 from dasd.utils.logging import get_logger
+from dasd.utils.steps import optimizer_steps
 
 log = get_logger(__name__)
 
@@ -282,8 +282,6 @@ class SFTDataModule(L.LightningDataModule):
         """Another data module over ``path`` with this one's tokenizer, template, filters and cache settings.
         ``prefiltered``: the records passed the filters where they were made (a mixed-policy round, which
         counts its drops in its ``stats.json``), so they are not filtered, nor counted, a second time."""
-        from dasd.data.selection import KeepAllSelector
-
         args = {**self._args, "path": path, "source_format": source_format, "logprobs_path": None,
                 "selector": selector or KeepAllSelector(), "max_samples": None, "temperature_check": None}
         if prefiltered:

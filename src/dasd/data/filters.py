@@ -34,8 +34,8 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from dasd.data.records import Record
+from dasd.text.think import THINK_CLOSE_TAG, THINK_OPEN_TAG
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 DEFAULT_ORDER = ("truncated", "tool_call", "structure", "length", "repetition")
 REPETITION_RULES = ("regex", "paragraph", "sentence", "ngram", "tail")
 _TOOL_MARKERS = re.compile(r"<\|call\|>|(?:^|[\s>])to=(?:python\b|functions\.|browser\.|container\.)")
@@ -202,12 +202,12 @@ class StructureFilter:
 
     def check(self, x: FilterInput) -> str | None:
         out = x.output
-        if not out.startswith(THINK_OPEN):
+        if not out.startswith(THINK_OPEN_TAG):
             return "does not start with <think>"
-        n_close = out.count(THINK_CLOSE)
+        n_close = out.count(THINK_CLOSE_TAG)
         if n_close != 1:
             return f"{n_close} </think> tags (expected 1)"
-        reasoning, final = out[len(THINK_OPEN):].split(THINK_CLOSE)
+        reasoning, final = out[len(THINK_OPEN_TAG):].split(THINK_CLOSE_TAG)
         if not reasoning.strip():
             return "empty reasoning"
         if not final.strip():

@@ -14,7 +14,7 @@ Records. ``iter_records`` validates teacher records, in two formats with one set
   ``has_tool_call`` (bool): required in ``"generated"`` records (generate.py shards), optional in ``"released"``
   ones, where they are validated and used the same way when present (never ignored);
 * an ``output`` in gpt-oss harmony text (``<|channel|>analysis<|message|>…<|end|><|start|>assistant<|channel|>
-  final<|message|>…<|return|>``) is converted to ``<think>`` form (``dasd.generation.harmony``); its
+  final<|message|>…<|return|>``) is converted to ``<think>`` form (``dasd.text.harmony``); its
   ``has_final`` and ``has_tool_call`` come from the conversion;
 * a uuid seen on an earlier line is an error.
 
@@ -40,7 +40,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from dasd.generation.harmony import parse_harmony_text
+from dasd.text.harmony import parse_harmony_text
 
 REQUIRED_FIELDS = ("uuid", "input", "output", "domain", "meta")
 GENERATED_FIELDS = ("token_ids", "logprobs", "finish_reason", "has_tool_call")

@@ -10,6 +10,7 @@ import numpy as np
 
 from dasd.data.records import Record
 from dasd.data.template import ChatTemplater
+from dasd.utils.plots import pyplot
 
 
 def sample_lengths(records: Iterable[Record], templater: ChatTemplater) -> dict[str, list[int]]:
@@ -36,8 +37,7 @@ def length_report(lengths: dict[str, list[int]], cutoffs: Sequence[int]) -> dict
 
 
 def plot_length_cdf(lengths: dict[str, list[int]], cutoffs: Sequence[int], path) -> None:
-    from dasd.utils.plots import plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, values in sorted(lengths.items()):
         a = np.sort(np.asarray(values))

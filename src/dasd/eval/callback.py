@@ -12,31 +12,20 @@ the summary scalars, a per-question table and the figure go to the training run'
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import lightning as L
 
+from dasd.eval.run import TABLE_COLUMNS, logged_scalars, read_results, table_rows
+from dasd.training.offload import training_state_offloaded
+from dasd.utils.child import child_env, hydra_literal, run_child
 from dasd.utils.logging import get_logger
+from dasd.utils.paths import entry_script
+from dasd.utils.steps import optimizer_steps
+from dasd.utils.sync import RankZeroWork
 
 log = get_logger(__name__)
-
-
-def _quote(value: str) -> str:
-    """A Hydra override value taken literally (quoted; paths and prompts may hold spaces or commas)."""
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def evaluate_script() -> Path:
-    import dasd
-
-    path = Path(dasd.__file__).resolve().parents[2] / "evaluate.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"eval=default runs the repository's evaluate.py; not found at {path}")
-    return path
 
 
 class EvaluateAtEnd(L.Callback):
@@ -51,35 +40,27 @@ class EvaluateAtEnd(L.Callback):
 
     def command(self) -> list[str]:
         s = self.settings
-        system = "null" if s.get("system_prompt") is None else _quote(s["system_prompt"])
+        system = hydra_literal(s.get("system_prompt"))
         overrides = [f"task={s['task']}", f"engine={s.get('engine', 'hf')}",
-                     f"model={_quote(self.checkpoint)}", f"paths.root_dir={_quote(self.root_dir)}",
-                     f"hydra.run.dir={_quote(self.out_dir)}", "logger=none", f"system_prompt={system}",
-                     f"experiment_name={_quote(self.experiment_name)}",
+                     f"model={hydra_literal(self.checkpoint)}", f"paths.root_dir={hydra_literal(self.root_dir)}",
+                     f"hydra.run.dir={hydra_literal(self.out_dir)}", "logger=none", f"system_prompt={system}",
+                     f"experiment_name={hydra_literal(self.experiment_name)}",
                      "overwrite=true"]  # this run's final weights replace whatever an earlier attempt evaluated
         if s.get("k") is not None:
             overrides.append(f"k={int(s['k'])}")
         python = s.get("python") or sys.executable
-        return [python, str(evaluate_script()), *overrides, *(s.get("overrides") or [])]
+        return [python, str(entry_script("evaluate.py")), *overrides, *(s.get("overrides") or [])]
 
     def run(self) -> dict:
         """Run the child; return the manifest entry (summary numbers and paths, or the failure)."""
-        import dasd
-
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        src = str(Path(dasd.__file__).resolve().parents[1])
-        env = {**os.environ, "HYDRA_FULL_ERROR": "1",
-               "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
         cmd, log_file = self.command(), self.out_dir / "evaluate_child.log"
         log.info("evaluating the final checkpoint: %s", " ".join(cmd))
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        log_file.write_text(proc.stdout)
+        proc = run_child(cmd, log_file=log_file, env=child_env(HYDRA_FULL_ERROR="1"))
         entry = {"task": self.settings["task"], "checkpoint": str(self.checkpoint), "dir": str(self.out_dir),
-                 "log": str(log_file), "seconds": round(time.perf_counter() - t0, 3), "command": cmd}
+                 "log": str(log_file), "seconds": round(proc.seconds, 3), "command": cmd}
         if proc.returncode != 0 or not (self.out_dir / "summary.json").is_file():
-            log.error("the evaluation failed (exit %d); its log is %s:\n%s", proc.returncode, log_file,
-                      proc.stdout[-3000:])
+            log.error("the evaluation failed (exit %d); its log is %s:\n%s", proc.returncode, log_file, proc.tail())
             return {**entry, "status": "failed", "exit_code": proc.returncode}
         summary = json.loads((self.out_dir / "summary.json").read_text())
         keep = ("k", "n_questions", "avg@k", "ci95", "ci_method", "truncation_rate", "mean_response_tokens",
@@ -90,9 +71,6 @@ class EvaluateAtEnd(L.Callback):
     def log_to(self, trainer: L.Trainer) -> None:
         """Summary scalars to every logger; the per-question table and the figure to W&B."""
         from lightning.pytorch.loggers import WandbLogger
-
-        from dasd.eval.run import TABLE_COLUMNS, logged_scalars, read_results, table_rows
-        from dasd.training.strategy import optimizer_steps
 
         summary = json.loads((self.out_dir / "summary.json").read_text())
         task, step = str(self.settings["task"]), optimizer_steps(trainer)
@@ -107,8 +85,6 @@ class EvaluateAtEnd(L.Callback):
                              step=step)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        from dasd.mixed.sync import RankZeroWork
-
         work = RankZeroWork(self.out_dir, "eval", what=f"evaluation of {self.checkpoint}")
         key = f"eval {self.settings['task']} of {self.checkpoint}"
         if trainer.is_global_zero:
@@ -124,8 +100,6 @@ class EvaluateAtEnd(L.Callback):
     def _evaluate(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         """Rank 0: evaluate the final checkpoint; a failure is recorded (``status: failed``) and logged, and
         never fails the trained stage."""
-        from dasd.mixed.callback import training_state_offloaded
-
         try:
             if not self.checkpoint.is_dir():
                 raise FileNotFoundError(f"eval: no final HF checkpoint at {self.checkpoint}")

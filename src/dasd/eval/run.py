@@ -2,7 +2,7 @@
 
 Protocol (method.md §9): every question is asked ``k`` times as a chat [system prompt, question] at
 temperature 1.0 and top_p 1.0 with a token budget per task (AIME 102,400, GPQA-Diamond 81,920); every sample
-is graded (``dasd.eval.grading.grade``); avg@k is the mean of the per-question accuracies, in % (= expected
+is graded (``dasd.text.grading.grade``); avg@k is the mean of the per-question accuracies, in % (= expected
 pass@1). The 95% CI is a percentile bootstrap over questions (``bootstrap`` resamples, fixed seed 0), so it
 reflects question sampling, not the k samples' own noise.
 
@@ -24,14 +24,19 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dasd.config_checks import check_evaluate
+from dasd.eval.tasks import load_task
 from dasd.generation.engine import Engine, Request, SamplingConfig
 from dasd.generation.run import engine_identity
-from dasd.generation.shards import _atomic_write
-from dasd.training.loggers import resolve_wandb_mode
+from dasd.text.grading import grade
+from dasd.text.think import THINK_CLOSE_TAG
+from dasd.utils.hashing import stable_hash
+from dasd.utils.io import write_jsonl
 from dasd.utils.logging import get_logger
+from dasd.utils.plots import pyplot
 from dasd.utils.run import Manifest, config_hash, git_revision, versions, write_json
 from dasd.utils.runlock import run_lock
 from dasd.utils.secrets import refuse_secrets
+from dasd.utils.wandb import open_run
 
 log = get_logger(__name__)
 CI_METHOD = "percentile bootstrap over questions (95%, seed 0)"
@@ -55,23 +60,19 @@ def model_fingerprint(model: str) -> str | list:
 
 def item_hash(item) -> str:
     """A question as asked and graded (id, text, grader, reference): a stored result counts only for it."""
-    body = json.dumps([item.id, item.question, item.grader, item.reference], ensure_ascii=False)
-    return hashlib.sha256(body.encode()).hexdigest()[:16]
+    return stable_hash([item.id, item.question, item.grader, item.reference], 16, sort_keys=False,
+                       ensure_ascii=False)
 
 
 def unfinished(sample) -> bool:
     """A sample cut by the token budget before its reasoning closed (no ``</think>``): it has no answer,
     whatever numbers or letters its reasoning mentions."""
-    from dasd.eval.grading import THINK_CLOSE
-
-    return sample.finish_reason == "length" and THINK_CLOSE not in sample.text
+    return sample.finish_reason == "length" and THINK_CLOSE_TAG not in sample.text
 
 
 def grade_question(engine: Engine, items: list, sampling: SamplingConfig, *, seed: int,
                    system_prompt: str | None, chat_template_kwargs: dict, save_responses: bool) -> list[dict]:
     """One ``results.jsonl`` row per item: k samples from one engine call, each graded."""
-    from dasd.eval.grading import grade
-
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     requests = [Request(messages=(*system, {"role": "user", "content": it.question}),
                         chat_template_kwargs=chat_template_kwargs, seed=question_seed(seed, it.id))
@@ -126,8 +127,7 @@ def summarize(rows: list[dict], k: int, resamples: int = 10000) -> dict:
 
 def plot_eval(rows: list[dict], path: str | Path, title: str) -> None:
     """Accuracy per question (histogram over questions) and response length split by correct/incorrect."""
-    from dasd.utils.plots import plt
-
+    plt = pyplot()
     k = max((len(r["correct"]) for r in rows), default=1)
     good = [t for r in rows for t, c in zip(r["response_tokens"], r["correct"], strict=True) if c]
     bad = [t for r in rows for t, c in zip(r["response_tokens"], r["correct"], strict=True) if not c]
@@ -187,7 +187,7 @@ def _resume(run_dir: Path, key: str, items: list, enabled: bool, overwrite: bool
                          "or overwrite=true to replace them")
     current = {it.id: item_hash(it) for it in items}
     rows = [r for r in previous if current.get(r["id"]) == r.get("qhash")] if enabled and old == key else []
-    _atomic_write(results, rows)  # renamed into place: a kill never leaves half the file
+    write_jsonl(results, rows)  # renamed into place: a kill never leaves half the file
     write_json(key_file, {"key": key})
     for stale in ("summary.json", "eval_summary.png"):  # they describe the old rows until this run ends
         (run_dir / stale).unlink(missing_ok=True)
@@ -196,14 +196,12 @@ def _resume(run_dir: Path, key: str, items: list, enabled: bool, overwrite: bool
 
 def _log_wandb(cfg: DictConfig, run_dir: Path, task: str, summary: dict, rows: list[dict], png: Path,
                config: dict) -> None:
-    mode = resolve_wandb_mode(cfg.logger.get("mode", "auto")) if cfg.logger.name == "wandb" else "disabled"
-    if mode == "disabled":
+    run = open_run(cfg.logger, dir=run_dir, group=cfg.experiment_name, job_type="evaluate", config=config,
+                   name=cfg.run_name)
+    if run is None:
         return
     import wandb
 
-    run = wandb.init(project=cfg.logger.get("project", "dasd"), entity=cfg.logger.get("entity"), mode=mode,
-                     dir=str(run_dir), group=cfg.experiment_name, job_type="evaluate", config=config,
-                     name=str(cfg.run_name))
     scalars = logged_scalars(task, summary)
     run.summary.update(scalars)
     run.log({**scalars, f"eval/{task}/questions": wandb.Table(columns=TABLE_COLUMNS, data=table_rows(rows)),
@@ -220,8 +218,6 @@ def evaluate(cfg: DictConfig) -> dict:
 
 
 def _evaluate(cfg: DictConfig) -> dict:
-    from dasd.eval.tasks import load_task
-
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True)

@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 from dasd.generation.engine import Engine, Request, Sample, SamplingConfig
 from dasd.generation.questions import Question
 from dasd.generation.shards import ShardWriter
+from dasd.text.harmony import parse_harmony
+from dasd.utils.hashing import stable_hash
 
 OUTPUT_NAMESPACE = uuid.UUID("0b7d7a8e-52a4-4f59-8c0e-5f3a2f4c9d11")
 
@@ -48,8 +50,6 @@ def _convert(sample: Sample, fmt: TeacherFormat, tokenizer) -> tuple[str, dict]:
     if fmt.kind == "plain":
         return sample.text, {"has_tool_call": False}
     if fmt.kind == "harmony":
-        from dasd.generation.harmony import parse_harmony
-
         h = parse_harmony(sample.token_ids, tokenizer)
         return h.output, {"has_tool_call": h.has_tool_call, "has_analysis": h.has_analysis,
                           "has_final": h.has_final, "token_spans": h.token_spans}
@@ -58,8 +58,7 @@ def _convert(sample: Sample, fmt: TeacherFormat, tokenizer) -> tuple[str, dict]:
 
 def question_hash(q: Question) -> str:
     """A question as asked (id, text, domain, meta): a stored sample counts only for the question it answers."""
-    body = json.dumps([q.id, q.input, q.domain, q.meta], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(body.encode()).hexdigest()[:16]
+    return stable_hash([q.id, q.input, q.domain, q.meta], 16, ensure_ascii=False)
 
 
 def shard_settings(model: str, sampling: SamplingConfig, seed: int, fmt: TeacherFormat,

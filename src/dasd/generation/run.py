@@ -11,7 +11,6 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dasd.config_checks import check_generate
-from dasd.das.scores import model_fingerprint
 from dasd.generation.engine import SamplingConfig
 from dasd.generation.pipeline import (
     TeacherFormat,
@@ -23,12 +22,13 @@ from dasd.generation.pipeline import (
 )
 from dasd.generation.questions import read_questions
 from dasd.generation.shards import ShardWriter
-from dasd.training.loggers import resolve_wandb_mode
+from dasd.utils.hashing import model_fingerprint
 from dasd.utils.logging import get_logger
 from dasd.utils.plots import plot_generation_summary
 from dasd.utils.run import Manifest, git_revision, versions
 from dasd.utils.runlock import run_lock
 from dasd.utils.secrets import refuse_secrets
+from dasd.utils.wandb import open_run
 
 log = get_logger(__name__)
 
@@ -52,14 +52,12 @@ def teacher_identity(engine: dict) -> dict:
 
 
 def _log_wandb(cfg: DictConfig, run_dir: Path, summary: dict, png: Path, config: dict) -> None:
-    mode = resolve_wandb_mode(cfg.logger.get("mode", "auto")) if cfg.logger.name == "wandb" else "disabled"
-    if mode == "disabled":
+    run = open_run(cfg.logger, dir=run_dir, group=cfg.experiment_name, job_type="generate", config=config,
+                   name=f"generate/{run_dir.name}")
+    if run is None:
         return
     import wandb
 
-    run = wandb.init(project=cfg.logger.get("project", "dasd"), entity=cfg.logger.get("entity"), mode=mode,
-                     dir=str(run_dir), group=cfg.experiment_name, job_type="generate", config=config,
-                     name=f"generate/{run_dir.name}")
     run.summary.update({k: v for k, v in summary.items() if not isinstance(v, list)})
     run.log({"generate/summary": wandb.Image(str(png)),
              "generate/response_probability": wandb.Histogram(summary["response_probabilities"]),

@@ -12,25 +12,15 @@ differences named (``claim``), so one data set never mixes two settings.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+from dasd.utils.io import write_jsonl
 from dasd.utils.run import write_json
 
 SHARD_FILE = re.compile(r"^shard-(\d+)-of-(\d+)\.(jsonl|parts|settings\.json)$")
-
-
-def _atomic_write(path: Path, rows: Iterable[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 def _flat(tree: object, prefix: str = "") -> dict[str, object]:
@@ -116,7 +106,7 @@ class ShardWriter:
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         parts = sorted(self.parts_dir.glob("part-*.jsonl"))
         index = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
-        _atomic_write(self.parts_dir / f"part-{index:06d}.jsonl", rows)
+        write_jsonl(self.parts_dir / f"part-{index:06d}.jsonl", rows)
 
     def finalize(self) -> Path:
         """Merge the final file and all parts (in question order of writing) into the final file."""
@@ -128,6 +118,6 @@ class ShardWriter:
                 seen.add(key)
                 rows.append(r)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.final, rows)
+        write_jsonl(self.final, rows)
         shutil.rmtree(self.parts_dir, ignore_errors=True)
         return self.final

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from dasd.generation.engine import Request, Sample, render_prompt
-from dasd.generation.harmony import HARMONY_TOKENS, THINK_CLOSE, THINK_OPEN, _token_items, parse_harmony
 from dasd.generation.pipeline import TeacherFormat
+from dasd.text.harmony import HARMONY_TOKENS, parse_harmony, token_items
+from dasd.text.think import THINK_CLOSE_TAG, THINK_PREFIX, THINK_SEPARATOR
 
 GENERATION_END = "<|start|>assistant"  # how a harmony generation prompt ends
-_CLOSE_TAG = "</think>"
 
 
 @dataclass(frozen=True)
@@ -108,15 +108,15 @@ def continuation_prompt(tokenizer: PreTrainedTokenizerBase, question: str, prefi
     if not rendered.endswith(GENERATION_END):
         raise ValueError(f"a harmony generation prompt must end with {GENERATION_END!r}, "
                          f"got ...{rendered[-40:]!r}")
-    if not prefix_text.startswith(THINK_OPEN):
-        raise ValueError(f"a harmony continuation needs a prefix starting with {THINK_OPEN!r}, "
+    if not prefix_text.startswith(THINK_PREFIX):
+        raise ValueError(f"a harmony continuation needs a prefix starting with {THINK_PREFIX!r}, "
                          f"got {prefix_text[:40]!r}")
-    body = prefix_text[len(THINK_OPEN):]
+    body = prefix_text[len(THINK_PREFIX):]
     start, end, message, channel = HARMONY_TOKENS[:4]
-    if _CLOSE_TAG not in body:
+    if THINK_CLOSE_TAG not in body:
         parts, resume = [channel, "analysis", message, body], "analysis"
     else:
-        analysis, _, answer = body.partition(_CLOSE_TAG)
+        analysis, _, answer = body.partition(THINK_CLOSE_TAG)
         parts = [channel, "analysis", message, analysis.strip(), end,
                  start, "assistant", channel, "final", message, answer.lstrip("\n")]
         resume = "final"
@@ -125,14 +125,14 @@ def continuation_prompt(tokenizer: PreTrainedTokenizerBase, question: str, prefi
 
 
 def _has_final(output: str) -> bool:
-    return _CLOSE_TAG in output and bool(output.rpartition(_CLOSE_TAG)[2].strip())
+    return THINK_CLOSE_TAG in output and bool(output.rpartition(THINK_CLOSE_TAG)[2].strip())
 
 
 def _split_prefilled(token_ids: list[int], tokenizer: PreTrainedTokenizerBase) -> tuple[str, list[int]]:
     """The text of the tokens before the first harmony control token (the rest of the pre-filled message),
     and the token ids from that control token on."""
     buf = bytearray()
-    for control, data, k in _token_items(token_ids, tokenizer):
+    for control, data, k in token_items(token_ids, tokenizer):
         if control in HARMONY_TOKENS:
             return buf.decode("utf-8", "replace"), list(token_ids[k:])
         buf += data
@@ -153,7 +153,7 @@ def assemble(prompt: ContinuationPrompt, continuation: Sample, tokenizer: PreTra
         if prompt.channel == "analysis":
             reasoning = raw_rest.rstrip() + ("\n" + h.analysis if h.analysis else "")
             has_final = h.has_final
-            output = prefix + reasoning + (THINK_CLOSE + h.final if has_final else "")
+            output = prefix + reasoning + (THINK_SEPARATOR + h.final if has_final else "")
         elif prompt.channel == "final":
             output = prefix + raw_rest.rstrip()
             has_final = _has_final(output)

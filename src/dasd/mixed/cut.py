@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from dasd.das.align import byte_level_token_starts
 from dasd.das.segment import segment, whitespace_mask
-from dasd.generation.harmony import _token_items
+from dasd.text.harmony import token_items
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def cut_positions(token_ids: Sequence[int], tokenizer: PreTrainedTokenizerBase
     ``clean`` (bool, L + 1: the cut before token c splits no character)."""
     ids = list(token_ids)
     text, starts = byte_level_token_starts(ids, tokenizer)
-    items = _token_items(ids, tokenizer)
+    items = token_items(ids, tokenizer)
     first = np.array([data[0] if control is None and data else -1 for control, data, _ in items],
                      dtype=np.int64).reshape(-1)
     has_text = starts >= 0

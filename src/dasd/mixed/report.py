@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dasd.utils.plots import plt
+from dasd.utils.plots import pyplot
 
 SCALARS = ("questions", "truncated", "truncation_rate", "continued", "continuation_finished", "kept", "keep_rate",
            "cut_fraction_raw_mean", "cut_fraction_mean", "snapped", "student_share_of_output_mean",
@@ -37,6 +37,7 @@ def cutoff_curve(per_question: list[dict], bins: int = 8) -> list[dict]:
 def plot_round(stats: dict, path: str | Path) -> None:
     """Fig. 7 (cut-off ratio vs teacher length) and the distribution of the cut position as a fraction of L."""
     curve = cutoff_curve(stats["per_question"])
+    plt = pyplot()
     fig, (ax, ax_cut) = plt.subplots(1, 2, figsize=(10, 3.6))
     if curve:
         x = [c["teacher_tokens_mean"] for c in curve]

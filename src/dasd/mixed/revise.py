@@ -20,7 +20,6 @@ returning all of its memory, and a finished phase is never rerun.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -43,13 +42,14 @@ from dasd.data.filters import (
     token_counter,
 )
 from dasd.data.template import STUDENT_PREFIX_KEY, ChatTemplater
-from dasd.eval.grading import math_equal
 from dasd.generation.engine import Engine, Request, SamplingConfig
 from dasd.generation.pipeline import TeacherFormat, sample_seed
-from dasd.generation.shards import _atomic_write
 from dasd.mixed.continuation import assemble, continuation_prompt
 from dasd.mixed.cut import choose_cut
 from dasd.models.student import load_tokenizer
+from dasd.text.grading import math_equal
+from dasd.utils.hashing import stable_hash
+from dasd.utils.io import read_jsonl, write_jsonl
 from dasd.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -76,17 +76,7 @@ THROUGHPUT_KEYS = ("batch_size",)
 def spec_hash(spec: dict) -> str:
     """What a round's phases produce from: the spec without ``THROUGHPUT_KEYS``."""
     core = {k: v for k, v in spec.items() if k not in THROUGHPUT_KEYS}
-    return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def write_jsonl(path: Path, rows) -> None:
-    """Atomic: rows go to a temporary file renamed into place (a kill never leaves a partial file)."""
-    _atomic_write(path, rows)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return stable_hash(core, 16)
 
 
 @dataclass

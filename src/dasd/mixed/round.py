@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from filelock import FileLock
 
-from dasd.das.scores import model_fingerprint
 from dasd.mixed.report import plot_round
-from dasd.mixed.revise import PHASES, RoundPaths, read_jsonl, run_phase, spec_hash, write_jsonl
+from dasd.mixed.revise import PHASES, RoundPaths, run_phase, spec_hash
+from dasd.utils.child import child_env, run_child
+from dasd.utils.hashing import model_fingerprint
+from dasd.utils.io import write_jsonl
 from dasd.utils.logging import get_logger
 from dasd.utils.secrets import refuse_secrets
 
@@ -69,19 +69,13 @@ def build_spec(settings: dict, *, round_index: int, student_model: str, system_p
 
 
 def _child(phase: str, spec_path: Path, python: str | None) -> float:
-    import dasd
-
-    src = str(Path(dasd.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
     cmd = [python or sys.executable, "-m", "dasd.mixed.worker", phase, str(spec_path)]
     log.info("mixed-policy %s phase: %s", phase, " ".join(cmd))
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    (spec_path.parent / f"{phase}.log").write_text(proc.stdout)
+    proc = run_child(cmd, log_file=spec_path.parent / f"{phase}.log", env=child_env())
     if proc.returncode != 0:
         raise RuntimeError(f"the mixed-policy {phase} phase failed (exit {proc.returncode}); its log is "
-                           f"{spec_path.parent / (phase + '.log')}:\n{proc.stdout[-3000:]}")
-    return time.perf_counter() - t0
+                           f"{spec_path.parent / (phase + '.log')}:\n{proc.tail()}")
+    return proc.seconds
 
 
 def run_round(folder: Path, questions: list[dict], spec_base: dict, *, transport: str = "subprocess",
@@ -121,7 +115,3 @@ def run_round(folder: Path, questions: list[dict], spec_base: dict, *, transport
         paths.stats.write_text(json.dumps(stats, indent=2))
         plot_round(stats, folder / "cutoff_ratio.png")
     return stats
-
-
-def round_records(folder: Path) -> list[dict]:
-    return read_jsonl(RoundPaths(folder).records)

@@ -15,7 +15,7 @@
 The stage's training config (``mixed_training_config``) does not depend on the round's outputs, so
 ``train`` can tell a completed run (and return) before any of this. With several ranks only global rank 0
 (from the launcher's environment: no process group exists yet) builds the data; the others wait for its
-``mixed/prepared.done.json`` marker of this launch (``dasd.mixed.sync``: a relaunch with the same config must
+``mixed/prepared.done.json`` marker of this launch (``dasd.utils.sync``: a relaunch with the same config must
 not take the previous attempt's marker).
 """
 
@@ -31,13 +31,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dasd.data.datamodule import source_rows
 from dasd.data.selection import KeepAllSelector
-from dasd.mixed.revise import read_jsonl, write_jsonl
 from dasd.mixed.round import build_spec, draw, run_round
-from dasd.mixed.sync import RankZeroWork, env_rank_zero
 from dasd.models.student import load_tokenizer
 from dasd.training.stages import resolve_init
+from dasd.utils.io import read_jsonl, write_jsonl
 from dasd.utils.logging import get_logger
+from dasd.utils.ranks import env_rank_zero
 from dasd.utils.run import Manifest
+from dasd.utils.sync import RankZeroWork
 
 log = get_logger(__name__)
 
@@ -100,7 +101,7 @@ def prepare_mixed_stage(cfg: DictConfig, make_datamodule, key: str | None = None
     """Run round 0 and write ``mixed/train.jsonl`` (train on it with ``mixed_training_config(cfg)``); returns
     the round's statistics with the data's composition. Only rank 0 (``env_rank_zero`` unless ``rank_zero``
     says) builds them; the other ranks wait for its marker with ``key`` (the training config hash) of this
-    launch (``dasd.mixed.sync.launch_id``) and return None. ``env``: the launcher's environment (None: this
+    launch (``dasd.utils.sync.launch_id``) and return None. ``env``: the launcher's environment (None: this
     process's)."""
     work = RankZeroWork(Path(cfg.paths.run_dir) / "mixed", "prepared", what="stage=mixed round 0", env=env)
     if not (env_rank_zero(env) if rank_zero is None else rank_zero):

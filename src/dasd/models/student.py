@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from dasd.config import ASSETS, asset_path  # noqa: F401 - their home is the light dasd.config
 from dasd.models.attention import resolve_attn_implementation
+from dasd.utils.assets import ASSETS, asset_path  # noqa: F401 - re-exported (notebooks, benchmarks)
 from dasd.utils.logging import get_logger
 
 log = get_logger(__name__)

@@ -13,9 +13,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dasd.training.nonfinite import require_finite_weights
-from dasd.training.strategy import micro_batches_per_step, optimizer_steps
 from dasd.utils.logging import get_logger
 from dasd.utils.plots import plot_training_curves
+from dasd.utils.steps import micro_batches_per_step, optimizer_steps
 
 log = get_logger(__name__)
 

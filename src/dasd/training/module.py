@@ -11,7 +11,8 @@ from dasd.models.attention import uses_varlen, varlen_kwargs
 from dasd.models.student import StudentSpec, load_student
 from dasd.training.nonfinite import NonFiniteConfig, NonFiniteGuard
 from dasd.training.optim import OptimConfig, build_optimizer
-from dasd.training.strategy import micro_batches_per_step, optimizer_offloaded, optimizer_steps
+from dasd.training.strategy import optimizer_offloaded
+from dasd.utils.steps import micro_batches_per_step, optimizer_steps
 
 
 def packed_loss_sum(model, batch: dict) -> torch.Tensor:

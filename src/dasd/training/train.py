@@ -24,11 +24,12 @@ from dasd.training.module import SFTModule
 from dasd.training.nonfinite import NonFiniteConfig, NonFiniteError, TrainingFailed
 from dasd.training.optim import OptimConfig
 from dasd.training.stages import StagePlan, latest_checkpoint, plan_stage
-from dasd.training.strategy import build_strategy, optimizer_steps
+from dasd.training.strategy import build_strategy
 from dasd.utils.logging import get_logger
 from dasd.utils.run import Manifest, git_revision, versions
 from dasd.utils.runlock import run_lock
 from dasd.utils.secrets import refuse_secrets
+from dasd.utils.steps import optimizer_steps
 
 log = get_logger(__name__)
 

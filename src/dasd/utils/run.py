@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import platform
@@ -13,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from dasd.utils.hashing import stable_hash
 
 PACKAGES = ("dasd", "torch", "transformers", "tokenizers", "lightning", "hydra-core", "omegaconf", "wandb",
             "deepspeed", "liger-kernel", "vllm", "numpy")
@@ -59,7 +60,7 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def config_hash(cfg: dict) -> str:
     """Stable short hash of a (resolved, plain) config."""
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return stable_hash(cfg, 16)
 
 
 class Manifest:

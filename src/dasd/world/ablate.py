@@ -30,7 +30,9 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dasd.utils.logging import get_logger
+from dasd.utils.paths import config_dir
 from dasd.utils.run import Manifest, config_hash, git_revision, versions, write_json
+from dasd.utils.wandb import logger_mode, open_run
 from dasd.world import evidence
 
 log = get_logger(__name__)
@@ -167,7 +169,7 @@ def _hydra():
     if GlobalHydra.instance().is_initialized():
         yield
         return
-    conf = Path(__file__).resolve().parents[3] / "conf"
+    conf = config_dir()
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         yield
 
@@ -535,20 +537,15 @@ def run_row(cfg: DictConfig) -> dict:
 
 def _log_wandb(cfg: DictConfig, run_dir: Path, result: dict) -> None:
     """``logger=wandb``: a run per row (job type ``ablate_row``) with each step's avg@k and a steps table."""
-    from dasd.training.loggers import resolve_wandb_mode
-
-    mode = resolve_wandb_mode(cfg.logger.get("mode", "auto")) if cfg.logger.name == "wandb" else "disabled"
-    if mode == "disabled":
+    if logger_mode(cfg.logger) == "disabled":
         return
     import wandb
 
     rows = ([(0, result["base"])] if result["base"] else []) + list(enumerate(result["steps"], 1))  # base: 0
     config = {"row": result["config"]["row"], "seed": result["seed"], "budget": result["config"]["budget"],
               "steps": result["config"]["steps"]}
-    run = wandb.init(project=cfg.logger.get("project", "dasd"), entity=cfg.logger.get("entity"), mode=mode,
-                     dir=str(run_dir), group=str(cfg.experiment_name), job_type="ablate_row",
-                     name=str(cfg.run_name), tags=["ablate", f"table{result['table']}", str(result["id"])],
-                     config=config)
+    run = open_run(cfg.logger, dir=run_dir, group=cfg.experiment_name, job_type="ablate_row", name=cfg.run_name,
+                   tags=["ablate", f"table{result['table']}", str(result["id"])], config=config)
     final = result["final"]
     scalars = {"final/avg@k": final["avg@k"], "final/truncation_rate": final["truncation_rate"]}
     scalars.update({f"step{i}/avg@k": r["eval"]["avg@k"] for i, r in rows})

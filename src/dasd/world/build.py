@@ -31,14 +31,15 @@ from pathlib import Path
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
+from dasd.utils.child import hydra_literal, run_child
 from dasd.utils.logging import get_logger
+from dasd.utils.paths import repo_root
 from dasd.utils.run import config_hash, git_revision, versions, write_json
 from dasd.world.generator import fact_records, make_records, write_jsonl
 from dasd.world.models import init_model, train_tokenizer
 from dasd.world.walk import WalkSettings
 
 log = get_logger(__name__)
-ROOT = Path(__file__).resolve().parents[3]  # the repository: train.py and evaluate.py live here
 WORLD_VERSION = 1  # bump when the build's meaning changes (generator, recipe): a new key, a new world
 
 
@@ -100,42 +101,36 @@ def ensure_world(world_cfg: DictConfig | dict, output_dir: str | Path) -> Path:
     return wdir
 
 
-def _q(value) -> str:
-    """A value as a quoted Hydra override value (prompts with commas or spaces, paths), or null."""
-    if value is None:
-        return "null"
-    return "'" + str(value).replace("'", "\\'") + "'"
-
-
 def _run(cmd: list[str], what: str) -> float:
     log.info("world: %s\n$ %s", what, " ".join(cmd))
-    t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True)
-    return time.perf_counter() - t0
+    proc = run_child(cmd, cwd=repo_root())
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return proc.seconds
 
 
 def _train(out: Path, name: str, init_dir: Path, data: Path, spec: dict, system_prompt) -> tuple[Path, float]:
     """SFT with train.py; returns the run dir and the seconds it took."""
     runs = out
-    cmd = [sys.executable, "train.py", f"student.name_or_path={_q(init_dir)}", f"data.path={_q(data)}",
+    cmd = [sys.executable, "train.py", f"student.name_or_path={hydra_literal(init_dir)}", f"data.path={hydra_literal(data)}",
            "data.format=released", f"data.cutoff_len={spec['cutoff_len']}", "data.cache=false",
            f"train.micro_batch_size={spec['micro_batch_size']}",
-           f"data.system_prompt={_q(system_prompt)}",
+           f"data.system_prompt={hydra_literal(system_prompt)}",
            "filters=none", "sampler=all", "logger=csv", "eval=none", "resume=never",
            "trainer.enable_progress_bar=false", f"seed={spec['train_seed']}", f"train.epochs={spec['epochs']}",
            f"optim.lr={spec['lr']}", f"optim.min_lr={spec['min_lr']}", "train.keep_hf_checkpoints=null",
-           f"paths.output_dir={_q(runs)}", "experiment_name=world", f"run_name={name}"]
+           f"paths.output_dir={hydra_literal(runs)}", "experiment_name=world", f"run_name={name}"]
     seconds = _run(cmd, f"training {name} ({data.name}, {spec['epochs']} epochs)")
     return runs / "world" / name, seconds
 
 
 def _evaluate(wdir: Path, name: str, model: Path, ev: dict, system_prompt) -> tuple[dict, float]:
     run_dir = wdir / "build" / "world" / f"eval_{name}"
-    cmd = [sys.executable, "evaluate.py", f"model={_q(model)}", "task=world",
-           f"task.path={_q(wdir / 'data' / 'heldout.jsonl')}",
+    cmd = [sys.executable, "evaluate.py", f"model={hydra_literal(model)}", "task=world",
+           f"task.path={hydra_literal(wdir / 'data' / 'heldout.jsonl')}",
            f"task.limit={'null' if ev.get('limit') is None else ev['limit']}", f"k={ev['k']}",
            f"task.max_tokens={ev['max_tokens']}", f"batch_size={ev.get('batch_size', 32)}",
-           f"system_prompt={_q(system_prompt)}", "logger=none", "overwrite=true", f"hydra.run.dir={_q(run_dir)}"]
+           f"system_prompt={hydra_literal(system_prompt)}", "logger=none", "overwrite=true", f"hydra.run.dir={hydra_literal(run_dir)}"]
     seconds = _run(cmd, f"evaluating {name} on the held-out questions")
     return json.loads((run_dir / "summary.json").read_text()), seconds
 
@@ -232,7 +227,7 @@ def build_world(world_cfg: DictConfig | dict, wdir: Path) -> dict:
     info = {"key": wdir.name, "version": WORLD_VERSION, "settings": s, **measured,
             "models": built, "records": {n: len(r) for n, r in files.items()},
             "seconds": {k: round(v, 1) for k, v in seconds.items()}, "versions": versions(),
-            "git": git_revision(ROOT), "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "git": git_revision(repo_root()), "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json(wdir / "world.json", info)  # written last: the "complete" marker
     log.info("world %s built in %.0f s: held-out avg@%s teacher_a %.1f%%, teacher_b %.1f%%, student %.1f%%",
              wdir.name, seconds["total"], s["eval"]["k"], accuracy["teacher_a"], accuracy["teacher_b"],

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dasd.utils.plots import pyplot
 from dasd.world.analysis import CURVE_TABLE
 from dasd.world.evidence import open_text, resolve
 from dasd.world.power import MDE_TARGET, MDE_Z, power
@@ -401,8 +402,7 @@ def plot_all(report: dict, analysis: dict, out_dir: Path) -> dict[str, Path]:
 
 def plot_sentence_shares(shares: dict[str, dict], path: str | Path) -> Path:
     """Stacked shares of Teacher / Shared / Student / unlabeled sentences in the DAS-scored teacher pools."""
-    from dasd.utils.plots import plt
-
+    plt = pyplot()
     kinds = (("teacher", "tab:blue"), ("shared", "0.7"), ("student", "tab:orange"), ("unlabeled", "0.9"))
     names = list(shares)
     fig, ax = plt.subplots(figsize=(6.5, 1.4 + 0.6 * len(names)))
@@ -422,8 +422,7 @@ def plot_sentence_shares(shares: dict[str, dict], path: str | Path) -> Path:
 
 
 def _save(fig, path: str | Path) -> Path:
-    from dasd.utils.plots import plt
-
+    plt = pyplot()
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")  # the y labels and the direction arrows sit outside the axes
     plt.close(fig)
@@ -433,8 +432,7 @@ def _save(fig, path: str | Path) -> Path:
 def plot_contrasts(contrasts: Sequence[dict], path: str | Path) -> Path:
     """One horizontal line per contrast: the toy diff and its 95% CI (colour = verdict), the zero line, and
     the expected direction (the paper's, or the method's claim) as an arrow at the right."""
-    from dasd.utils.plots import plt
-
+    plt = pyplot()
     shown = [c for c in contrasts if c.get("diff") is not None][::-1]  # the first contrast on top
     fig, ax = plt.subplots(figsize=(10, 1.2 + 0.42 * max(len(shown), 1)))
     for y, c in enumerate(shown):
@@ -457,8 +455,7 @@ def plot_contrasts(contrasts: Sequence[dict], path: str | Path) -> Path:
 
 def plot_learning_curve(curve: Sequence[dict], unit_budget: int | None, path: str | Path) -> Path:
     """Student accuracy after SFT on teacher data against the budget (log x), 95% CI bars, unit budget."""
-    from dasd.utils.plots import plt
-
+    plt = pyplot()
     pts = sorted(curve, key=lambda p: p["budget"])
     x, y = [p["budget"] for p in pts], [p["accuracy"] for p in pts]
     err = [[p["accuracy"] - p["ci95"][0] if p.get("ci95") else 0 for p in pts],
@@ -478,8 +475,7 @@ def plot_learning_curve(curve: Sequence[dict], unit_budget: int | None, path: st
 
 def plot_cutoff(bins: Sequence[list], path: str | Path) -> Path:
     """The share of student rollouts cut off at 1.5x the teacher's length, per teacher-length bin."""
-    from dasd.utils.plots import plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     ax.bar(range(len(bins)), [b[1] for b in bins], color="tab:orange")
     labels = [b[0] if isinstance(b[0], str) else f"≤{b[0]:.0f}" for b in bins]  # a number: the bin's upper edge

@@ -17,10 +17,11 @@ content, so rows run on separate builds of a world are combined only when the bu
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import shutil
 from pathlib import Path
+
+from dasd.utils.hashing import weights_digest
 
 QUESTIONS_FILE = "questions.jsonl.gz"
 WORLD_MODELS = ("teacher_a", "teacher_b", "student")
@@ -30,16 +31,10 @@ def world_weights(world: Path) -> dict[str, str]:
     """{model: sha256 of its weight files, 16 hex digits} for the world's teachers and student."""
     out = {}
     for name in WORLD_MODELS:
-        digest = hashlib.sha256()
-        files = sorted(f for f in (world / name).iterdir() if f.suffix in (".safetensors", ".bin"))
-        if not files:
-            raise ValueError(f"world {world}: {name} has no weight files (*.safetensors, *.bin)")
-        for f in files:
-            digest.update(f.name.encode())
-            with f.open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-        out[name] = digest.hexdigest()[:16]
+        try:
+            out[name] = weights_digest(world / name)
+        except ValueError:
+            raise ValueError(f"world {world}: {name} has no weight files (*.safetensors, *.bin)") from None
     return out
 
 

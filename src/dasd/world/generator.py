@@ -33,7 +33,7 @@ import uuid as uuidlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from dasd.eval.grading import exact_answer
+from dasd.text.grading import exact_answer
 from dasd.world import walk as walk_family
 from dasd.world.walk import WalkSettings
 

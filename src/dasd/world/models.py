@@ -21,9 +21,10 @@ from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processo
 from tokenizers import models as tok_models
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
+from dasd.text.think import THINK_TAGS
+
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
-THINK_TOKENS = ("<think>", "</think>")
-_THINK_SPLIT = re.compile("|".join(re.escape(t) for t in THINK_TOKENS))
+_THINK_SPLIT = re.compile("|".join(re.escape(t) for t in THINK_TAGS))
 
 # ChatML (Qwen2.5/Qwen3-Instruct without tools or a default system prompt): content verbatim.
 CHAT_TEMPLATE = (
@@ -51,11 +52,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, split_digits: bool) -
                          if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(THINK_TOKENS), special_tokens=[PAD, IM_START, IM_END],
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(THINK_TAGS), special_tokens=[PAD, IM_START, IM_END],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=2,
                                   show_progress=False)
     tok.train_from_iterator(_pieces(texts), trainer=trainer)
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TOKENS])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TAGS])
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token=PAD, bos_token=None,
                                    extra_special_tokens=[IM_START], model_max_length=32768,
                                    chat_template=CHAT_TEMPLATE, clean_up_tokenization_spaces=False)

@@ -30,7 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dasd.utils.logging import get_logger
+from dasd.utils.plots import pyplot
+from dasd.utils.run import git_revision, versions
+from dasd.utils.wandb import open_run
 from dasd.world import contrasts as cx
+from dasd.world.analysis import analyze
 from dasd.world.contrasts import md_table as _md_table
 from dasd.world.evidence import check_same_weights, export_rows
 
@@ -497,8 +501,7 @@ def markdown(report: dict) -> str:
 def plot_table(table: dict, path: str | Path) -> Path:
     """Toy avg@k per row (mean, std error bars, the seeds as dots) against the paper's metric on a second
     axis: bars, or a line over the rows for the pipeline tables (LINE_TABLES)."""
-    from dasd.utils.plots import plt
-
+    plt = pyplot()
     rows, metric = table["rows"], table["metric"]
     x = list(range(len(rows)))
     means = [r["mean"] for r in rows]
@@ -546,15 +549,11 @@ def write_report(runs: Sequence[str | Path], out_dir: str | Path, tables: Sequen
     ``table<N>.png``, ``contrasts.png`` and the world-analysis figures into ``out_dir``; returns the report
     (``outputs``: name -> path). ``per_question="optional"``: a missing results.jsonl falls back to the
     seed-level comparison instead of failing; ``bootstrap``: {resamples, seed}."""
-    from dasd.utils.run import git_revision, versions
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     world, bootstrap = cx.load_analysis(analysis), cx.check_bootstrap(bootstrap)  # bad input fails before any work
     results, duplicates = collect(runs, tables)
     if analysis is None:  # the world analysis from these runs (learning-curve rows, DAS pools, mixed rounds)
-        from dasd.world.analysis import analyze
-
         world = analyze(results)
     questions, notes = cx.load_questions(results, per_question)
     report = {"runs": [str(r) for r in runs], "n_files": len(results) + len(duplicates),
@@ -605,15 +604,11 @@ def log_wandb(report: dict, logger_cfg, *, group: str, name: str, out_dir: str |
     """One W&B run (job_type ``report``): a ``wandb.Table`` and the PNG per paper table, the contrasts (table
     and ``contrasts.png``), the world-analysis figures, the summary's numbers, and ``report.md`` +
     ``report.json`` + ``summary.json`` as an artifact. Offline without an API key; returns the run dir."""
-    from dasd.training.loggers import resolve_wandb_mode
-
-    mode = resolve_wandb_mode(logger_cfg.get("mode", "auto")) if logger_cfg.get("name") == "wandb" else "disabled"
-    if mode == "disabled":
+    run = open_run(logger_cfg, dir=out_dir, group=group, job_type="report", name=name, config=config)
+    if run is None:
         return None
     import wandb
 
-    run = wandb.init(project=logger_cfg.get("project", "dasd"), entity=logger_cfg.get("entity"), mode=mode,
-                     dir=str(out_dir), group=group, job_type="report", name=name, config=config)
     data, contrasts = {}, []
     for t, table in report["tables"].items():
         cols, rows = wandb_rows(table)

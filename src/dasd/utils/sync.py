@@ -1,4 +1,4 @@
-"""Rank 0 does a long piece of work (a revision round); the other ranks wait for it without a collective.
+"""Rank 0 does a long piece of work (a revision round, an evaluation); the other ranks wait for it without a collective.
 
 A collective barrier would time out after the process group's timeout (30 min by default), and a round can
 take longer. So rank 0 signals the end of its work with a file beside the work's outputs, the other ranks
@@ -51,7 +51,6 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from dasd.utils.logging import get_logger
-from dasd.utils.ranks import RANK_VARIABLES, env_rank_zero  # noqa: F401 - re-exported
 
 log = get_logger(__name__)
 

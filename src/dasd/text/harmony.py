@@ -32,9 +32,10 @@ from itertools import accumulate
 
 from transformers import PreTrainedTokenizerBase
 
+from dasd.text.think import THINK_PREFIX, THINK_SEPARATOR
+
 HARMONY_TOKENS = ("<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|return|>", "<|call|>")
 TERMINATORS = ("<|end|>", "<|return|>", "<|call|>")
-THINK_OPEN, THINK_CLOSE = "<think>\n", "\n</think>\n\n"
 _OTHER_SPECIAL = "<other special>"  # a special token that is not harmony's: ignored
 _SPLIT = re.compile("(" + "|".join(map(re.escape, HARMONY_TOKENS)) + ")")
 _CHANNEL = re.compile(r"<\|channel\|>\s*([^\s<]+)")
@@ -127,7 +128,7 @@ def _join(messages: list[_Message], channel: str) -> tuple[bytes, list[tuple[int
     return bytes(buf), pieces
 
 
-def _char_positions(buf: bytes) -> tuple[str, list[int]]:
+def char_positions(buf: bytes) -> tuple[str, list[int]]:
     """Decode UTF-8 and map each byte offset to the number of characters that start before it (invalid
     sequences become U+FFFD, one per maximal invalid part, as Python's ``errors="replace"`` does)."""
     try:
@@ -146,7 +147,7 @@ def _char_positions(buf: bytes) -> tuple[str, list[int]]:
 
 def _strip_section(buf: bytes, pieces: list[tuple[int, int, int]]) -> tuple[str, list[tuple[int, int, int]]]:
     """Decode and ``strip()`` a section; each token's char span in the stripped text (None-worthy ones dropped)."""
-    text, pos = _char_positions(buf)
+    text, pos = char_positions(buf)
     kept = text.strip()
     lo = len(text) - len(text.lstrip())
     hi = lo + len(kept)
@@ -165,10 +166,10 @@ def _build(messages: list[_Message], saw_call: bool, n_tokens: int) -> HarmonyRe
     analysis, analysis_spans = _strip_section(*_join(messages, "analysis"))
     final, final_spans = _strip_section(*_join(messages, "final"))
     has_final = bool(final)
-    output = THINK_OPEN + analysis + (THINK_CLOSE + final if has_final else "")
+    output = THINK_PREFIX + analysis + (THINK_SEPARATOR + final if has_final else "")
     token_spans: list[tuple[int, int] | None] = [None] * n_tokens
-    final_base = len(THINK_OPEN) + len(analysis) + len(THINK_CLOSE)
-    for base, spans in ((len(THINK_OPEN), analysis_spans), (final_base, final_spans if has_final else [])):
+    final_base = len(THINK_PREFIX) + len(analysis) + len(THINK_SEPARATOR)
+    for base, spans in ((len(THINK_PREFIX), analysis_spans), (final_base, final_spans if has_final else [])):
         for k, a, b in spans:
             token_spans[k] = (base + a, base + b)
     return HarmonyResponse(output=output, analysis=analysis, final=final, token_spans=token_spans,
@@ -181,7 +182,7 @@ def _is_byte_level(tokenizer: PreTrainedTokenizerBase) -> bool:
     return backend is not None and "ByteLevel" in str(backend.decoder)
 
 
-def _token_items(token_ids: list[int], tokenizer: PreTrainedTokenizerBase) -> list[Item]:
+def token_items(token_ids: list[int], tokenizer: PreTrainedTokenizerBase) -> list[Item]:
     """Each token as (harmony control token | other special | None, its bytes, its index)."""
     added = {i: t.content for i, t in tokenizer.added_tokens_decoder.items()}
     special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
@@ -205,7 +206,7 @@ def parse_harmony(token_ids: list[int], tokenizer: PreTrainedTokenizerBase, *,
                   prefill_channel: str = "analysis") -> HarmonyResponse:
     """Convert a harmony completion given as token ids; ``token_spans`` has one entry per token.
     ``prefill_channel``: the channel of text that comes before any header (a pre-filled prompt)."""
-    messages, saw_call = _split_messages(_token_items(token_ids, tokenizer), prefill_channel)
+    messages, saw_call = _split_messages(token_items(token_ids, tokenizer), prefill_channel)
     return _build(messages, saw_call, len(token_ids))
 
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import re
 
-THINK_CLOSE = "</think>"
+from dasd.text.think import THINK_CLOSE_TAG
+
 MAX_REFERENCE_CHARS = 2000
 
 
 def answer_part(response: str) -> str:
     """The text after the last ``</think>`` (the whole response when there is none)."""
-    return response.rsplit(THINK_CLOSE, 1)[-1]
+    return response.rsplit(THINK_CLOSE_TAG, 1)[-1]
 
 
 def reference_answer(output: str, meta: str | dict | None = None) -> str:

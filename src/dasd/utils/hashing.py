@@ -1,0 +1,52 @@
+"""Stable digests: of JSON-able values (config hashes, cache keys, spec hashes) and of model weights.
+
+Every cache key, record uuid and resume check of dasd comes from here, so a digest must never change for the
+same input: tests/test_golden.py pins them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+def stable_hash(obj: Any, n: int = 16, *, sort_keys: bool = True, ensure_ascii: bool = True) -> str:
+    """The first ``n`` hex digits of the sha256 of ``obj`` as JSON (values JSON cannot hold, such as paths,
+    as ``str``)."""
+    body = json.dumps(obj, sort_keys=sort_keys, ensure_ascii=ensure_ascii, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()[:n]
+
+
+def model_fingerprint(name_or_path: str) -> str:
+    """Identifies a model's weights by content, cheaply: for a local folder ``dir:`` and a digest of
+    ``config.json`` and each weight file's name, size and first MiB (new weights at the same path are another
+    model); for a hub id ``hub:<id>`` (pin a revision by passing a local snapshot path)."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return f"hub:{name_or_path}"
+    digest = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.name == "config.json" or f.suffix in WEIGHT_SUFFIXES:
+            digest.update(f"{f.name}:{f.stat().st_size}".encode())
+            with f.open("rb") as fh:
+                digest.update(fh.read(1 << 20))
+    return f"dir:{digest.hexdigest()[:16]}"
+
+
+def weights_digest(folder: str | Path) -> str:
+    """The sha256 (16 hex digits) of every byte of a folder's ``*.safetensors``/``*.bin`` files and their
+    names: the full-content check, for evidence that rows were run on the very same weights."""
+    folder = Path(folder)
+    files = sorted(f for f in folder.iterdir() if f.suffix in (".safetensors", ".bin"))
+    if not files:
+        raise ValueError(f"{folder} has no weight files (*.safetensors, *.bin)")
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
