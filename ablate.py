@@ -12,7 +12,7 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="conf", config_name="ablate")
 def main(cfg: DictConfig) -> float:
     from dasd.launch import job_scope
-    from dasd.world.ablate import run_row
+    from dasd.recipes.ablation import run_row
 
     with job_scope():  # one Hydra job (one row) at a time; each stage is trained in this process
         result = run_row(cfg)

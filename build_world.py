@@ -11,7 +11,7 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="build_world")
 def main(cfg: DictConfig) -> None:
-    from dasd.world.build import ensure_world
+    from dasd.recipes.world import ensure_world
 
     print(ensure_world(cfg.world, cfg.paths.output_dir))
 

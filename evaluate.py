@@ -12,7 +12,7 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    from dasd.eval.run import evaluate
+    from dasd.recipes.evaluate import evaluate
 
     with exit_on_config_error():  # a bad value: one line per problem, exit status 2
         evaluate(cfg)

@@ -11,7 +11,7 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
-    from dasd.generation.run import generate
+    from dasd.recipes.generate import generate
 
     with exit_on_config_error():  # a bad value: one line per problem, exit status 2
         generate(cfg)

@@ -11,7 +11,7 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="report")
 def main(cfg: DictConfig) -> None:
-    from dasd.world.report import report
+    from dasd.recipes.report import report
 
     report(cfg)
 

@@ -18,8 +18,8 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.types import RunMode
 
     from dasd.launch import job_scope
+    from dasd.recipes.sft import train
     from dasd.training.nonfinite import exit_on_failure
-    from dasd.training.train import train
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     with exit_on_config_error(), exit_on_failure(multirun), job_scope():  # one job = one process group (docs/launch.md)

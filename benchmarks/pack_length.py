@@ -102,7 +102,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def build_world_student(args: argparse.Namespace, folder: Path) -> tuple[Path, Path, int]:
     """Walk-world teacher records as released JSONL, and the world student (tokenizer + init) trained on them
-    as ``dasd.world.build`` makes it. Returns the data file, the model folder and the parameter count."""
+    as ``dasd.recipes.world`` makes it. Returns the data file, the model folder and the parameter count."""
     records = make_records(args.samples, seed=args.data_seed, difficulty=DIFFICULTY, style="teacher",
                            families=["walk"], walk=WalkSettings.from_dict(None))
     data = folder / "walk_teacher.jsonl"

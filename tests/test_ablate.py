@@ -1,4 +1,4 @@
-"""The ablation runner (`python ablate.py`, dasd.world.ablate): rows of method.md §10's Tables 1, 3, 5 and 7
+"""The ablation runner (`python ablate.py`, dasd.recipes.ablation): rows of method.md §10's Tables 1, 3, 5 and 7
 at a tiny budget in a stand-in world (the built-in tiny teacher as both teachers, the tiny student), the step
 cache, and every shipped row and sweep file."""
 
@@ -17,9 +17,10 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from wandb_offline import read_history, run_files
 
+from dasd.ablation.steps import check_overrides, parse_steps
 from dasd.config import register_resolvers
 from dasd.models.student import asset_path
-from dasd.world.ablate import check_overrides, parse_steps, resolve_world, run_row
+from dasd.recipes.ablation import resolve_world, run_row
 from dasd.world.generator import make_records, write_jsonl
 
 CONF = REPO / "conf"
@@ -55,7 +56,7 @@ TEST_ROWS = {  # rows in the test search path (experiment=test/<name>)
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    """A stand-in world with the layout of dasd.world.build.ensure_world's: 24 training and 8 held-out
+    """A stand-in world with the layout of dasd.recipes.world.ensure_world's: 24 training and 8 held-out
     questions (difficulty 1), the tiny teacher as teacher_a and teacher_b, the tiny student."""
     w = tmp_path_factory.mktemp("world")
     write_jsonl(make_records(24, seed=0, difficulty=1, split="train"), w / "data" / "questions.jsonl")
@@ -125,6 +126,7 @@ def two_step(tmp_path_factory, world, search) -> tuple[Path, dict]:
     return out, read(out / "outputs" / "ablate" / "TT_seed1" / "row_result.json")
 
 
+@pytest.mark.cli
 def test_two_step_row_through_the_cli(two_step, world):
     """Each step trains in its own content-addressed folder from its parent's final weights, on its own
     teacher pool and sampler, and is evaluated; row_result.json has each step's evaluation and data counts."""
@@ -167,6 +169,7 @@ def test_two_step_row_through_the_cli(two_step, world):
     assert logged and logged[-1]["final/avg@k"] == result["final"]["avg@k"] and "step2/avg@k" in logged[-1]
 
 
+@pytest.mark.cli
 def test_shared_prefix_is_reused_and_another_seed_is_not(two_step, world, search):
     """A row starting with the same step reuses it (not retrained) and adds a mixed-policy step on top; the
     same row with another seed trains its own step."""
@@ -194,6 +197,7 @@ def test_shared_prefix_is_reused_and_another_seed_is_not(two_step, world, search
     assert again["steps"][0]["reused"] and again["steps"][0]["dir"] == s1["dir"]
 
 
+@pytest.mark.cli
 def test_offpolicy_only_step_trains_on_the_mixed_steps_offpolicy_draw_alone(two_step, world, search):
     """{stage: mixed, offpolicy_only: true} (the control T5d): no revision round, one epoch from the parent on
     the off-policy samples a mixed step would add (0.4 x 8 = 3), the same draw."""
@@ -300,12 +304,12 @@ def test_a_row_larger_than_the_world_fails_clearly(tmp_path, world, search):
 
 
 def test_world_is_built_through_ensure_world_unless_given(world, search, monkeypatch, tmp_path):
-    """Without world_dir, the world comes from dasd.world.build.ensure_world(cfg.world, paths.output_dir);
+    """Without world_dir, the world comes from dasd.recipes.world.ensure_world(cfg.world, paths.output_dir);
     with it, that directory is used as it is (a directory without a world's layout is refused)."""
-    import dasd.world.build
+    import dasd.recipes.world
 
     calls = []
-    monkeypatch.setattr(dasd.world.build, "ensure_world", lambda w, out: calls.append((w, out)) or world)
+    monkeypatch.setattr(dasd.recipes.world, "ensure_world", lambda w, out: calls.append((w, out)) or world)
     cfg = compose_ablate(overrides(search, None, "experiment=world/t1a", f"paths.root_dir={tmp_path}",
                                    "paths.run_dir=/tmp/unused"))
     assert resolve_world(cfg) == world and calls == [(cfg.world, tmp_path / "outputs")]

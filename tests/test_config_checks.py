@@ -188,7 +188,7 @@ def test_value_sets_equal_their_owners():
 
 def test_train_refuses_before_writing(tmp_path):
     """In-process (a multirun job, ablate.py, a notebook): train() raises ConfigError before its first file."""
-    from dasd.training.train import train
+    from dasd.recipes.sft import train
 
     cfg = compose_app("train", ["optim.lr=abc", "logger=csv"], tmp_path)
     with pytest.raises(ConfigError, match=r"optim.lr='abc'"):

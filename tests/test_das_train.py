@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from cli import run_train
 from wandb_offline import read_history, run_files
 
@@ -15,6 +16,7 @@ def _report(run_dir: Path) -> dict:
     return json.loads((run_dir / "data_report.json").read_text())["selection"]
 
 
+@pytest.mark.cli
 def test_divergence_stage1_trains_and_shows_its_selection(tmp_path):
     run_train(tmp_path, "sampler=divergence", "train.epochs=1", "data.max_samples=48", "experiment_name=das")
     run_train(tmp_path, "data_only=true", "experiment_name=rs")  # the random selection of the same pool
@@ -38,6 +40,7 @@ def test_divergence_stage1_trains_and_shows_its_selection(tmp_path):
     assert "das/examples/nrows" in logged  # a W&B table (rich HTML sentences)
 
 
+@pytest.mark.cli
 def test_beta_sweep_scores_once_and_reselects(tmp_path):
     run_train(tmp_path, "-m", "sweep=das_beta", "data_only=true", "experiment_name=sweep")
     reports = sorted((tmp_path / "outputs" / "sweep" / "multirun").glob("*/*/data_report.json"))

@@ -19,7 +19,8 @@ from conftest import write_jsonl
 from test_config import compose_cfg
 from wandb_offline import read_history, run_files
 
-from dasd.eval.run import evaluate, read_results
+from dasd.eval.results import read_results
+from dasd.recipes.evaluate import evaluate
 from dasd.text.grading import exact_answer
 from dasd.training.stages import training_config_hash
 
@@ -117,6 +118,7 @@ def test_eval_group_keeps_the_training_hash(tmp_path):
     assert len(hashes) == 1
 
 
+@pytest.mark.cli
 def test_train_eval_default_evaluates_the_final_checkpoint(tmp_path, monkeypatch):
     """`train.py eval=default` evaluates checkpoints/hf/final in a child process: outputs in
     <run_dir>/eval/sample/, the summary in the manifest and in the training run's logger."""
@@ -151,7 +153,7 @@ def test_evaluate_cli_with_vllm(tmp_path):
 def test_unfinished_reasoning_is_never_correct():
     """A sample cut by the budget before </think> has no answer: the numbers and letters of its reasoning do
     not count, even where the grader would find the reference in them."""
-    from dasd.eval.run import unfinished
+    from dasd.eval.results import unfinished
     from dasd.generation.engine import Sample
     from dasd.text.grading import grade
 

@@ -16,8 +16,8 @@ import pytest
 from conftest import write_jsonl
 from test_config import compose_cfg
 
-from dasd.generation import run as generation_run
-from dasd.generation.run import generate
+from dasd.recipes import generate as generation_run
+from dasd.recipes.generate import generate
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = ["logger=csv", "max_questions=4", "samples_per_question=2", "sampling.max_tokens=6", "progress=false",

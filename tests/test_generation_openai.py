@@ -146,7 +146,7 @@ def test_generate_records_what_was_sent(fake, tmp_path):
 
     from test_config import compose_cfg
 
-    from dasd.generation.run import generate
+    from dasd.recipes.generate import generate
 
     cfg = compose_cfg(["engine=openai", f"engine.base_url={fake.url}", "max_questions=2", "samples_per_question=1",
                        "sampling.max_tokens=8", "progress=false", "logger=csv"], tmp_path, name="generate")

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from dasd.config import quote_numeric_choices, register_resolvers
 from dasd.das.scores import store_key
 from dasd.data.cache import cache_key
-from dasd.eval.run import item_hash
+from dasd.eval.results import item_hash
 from dasd.eval.tasks import EvalItem
 from dasd.generation.pipeline import question_hash
 from dasd.generation.questions import Question
@@ -90,7 +90,7 @@ def stable_hashes() -> dict[str, str]:
 
 def stage1_losses(root: Path) -> list[float]:
     """The per-step ``train/loss`` of a tiny stage-1 run (debug=fast: 32 samples; seed 42), trained in this process."""
-    from dasd.training.train import train
+    from dasd.recipes.sft import train
 
     register_resolvers()
     GlobalHydra.instance().clear()

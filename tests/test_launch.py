@@ -44,6 +44,7 @@ def assert_one_group_of_two(run: Path, rank_logs: list[str]) -> dict:
     return manifest
 
 
+@pytest.mark.cli
 def test_lightning_ddp_single_run(tmp_path):
     """`python train.py strategy=ddp trainer.devices=2`: Lightning re-runs train.py for rank 1 in the parent's run
     dir; one run dir, no stray folders, one process group of 2 (with a process-group timeout of its own)."""
@@ -54,6 +55,7 @@ def test_lightning_ddp_single_run(tmp_path):
     assert (proc.stdout + proc.stderr).count("MEMBER: 2/2") == 1
 
 
+@pytest.mark.cli
 def test_lightning_ddp_multirun_one_group_per_job(tmp_path):
     """`-m seed=1,2` with 2 ranks per job: the sweep runs once (the rank-1 children run their job alone, as a
     single run in the job's folder, instead of re-running the sweep), each job is its own process group."""
@@ -70,6 +72,7 @@ def test_lightning_ddp_multirun_one_group_per_job(tmp_path):
     assert log.count("Starting with 2 processes") == 2 and log.count("MEMBER: 2/2") == 2
 
 
+@pytest.mark.cli
 def test_torchrun_single_run(tmp_path):
     """`torchrun --standalone --nproc_per_node=2 train.py ...`: both ranks run Hydra's main in the same run dir;
     rank 1 writes no .hydra/ and logs to train_rank1.log; the manifest and checkpoints are rank 0's."""
@@ -178,6 +181,7 @@ def test_slurm_launcher_sbatch(tmp_path, monkeypatch):
         instantiate(_compose(tmp_path, *slurm).hydra.launcher)
 
 
+@pytest.mark.cli
 def test_submitit_job_of_two_tasks(tmp_path):
     """hydra/launcher=local (submitit's local executor, the SLURM path on one machine): the job's 2 tasks each
     call the job function and form one process group in one job dir; the ${now:} sweep folder (resolved once,

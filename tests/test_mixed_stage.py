@@ -23,11 +23,11 @@ from dasd.config import quote_numeric_choices, register_resolvers
 from dasd.data.datamodule import iter_source_rows, source_rows
 from dasd.data.records import iter_jsonl
 from dasd.mixed import callback as callback_mod
-from dasd.mixed import stage as stage_mod
 from dasd.mixed.callback import MixedPolicyRevision
 from dasd.mixed.revise import spec_hash
 from dasd.mixed.round import build_spec
 from dasd.models.student import asset_path
+from dasd.recipes import mixed_stage as stage_mod
 from dasd.training.offload import offload_plan
 from dasd.training.stages import NON_TRAINING_KEYS, plan_stage, training_config_hash
 from dasd.training.strategy import zero3_config
@@ -131,7 +131,7 @@ def test_a_relaunch_ignores_the_previous_launchs_markers(tmp_path, monkeypatch, 
     fast_polls(monkeypatch)
     attempts = []
 
-    def prepare(cfg, make_datamodule):
+    def prepare(cfg):
         attempts.append(time.monotonic())
         if stale == "error" and len(attempts) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory")
@@ -142,16 +142,16 @@ def test_a_relaunch_ignores_the_previous_launchs_markers(tmp_path, monkeypatch, 
     # the previous launch: rank 0 fails or finishes, and its rank 1 takes that marker at once
     if stale == "error":
         with pytest.raises(torch.OutOfMemoryError):
-            stage_mod.prepare_mixed_stage(cfg, None, key=key, env=ranks(previous, 0))
+            stage_mod.prepare_mixed_stage(cfg, key=key, env=ranks(previous, 0))
         with pytest.raises(RuntimeError, match="stage=mixed round 0 failed on rank 0.*CUDA out of memory"):
-            stage_mod.prepare_mixed_stage(cfg, _no_rebuild, key=key, env=ranks(previous, 1))
+            stage_mod.prepare_mixed_stage(cfg, key=key, env=ranks(previous, 1))
     else:
-        assert stage_mod.prepare_mixed_stage(cfg, None, key=key, env=ranks(previous, 0)) == {"kept": 1}
-        assert stage_mod.prepare_mixed_stage(cfg, _no_rebuild, key=key, env=ranks(previous, 1)) is None
+        assert stage_mod.prepare_mixed_stage(cfg, key=key, env=ranks(previous, 0)) == {"kept": 1}
+        assert stage_mod.prepare_mixed_stage(cfg, key=key, env=ranks(previous, 1)) is None
     assert (Path(cfg.paths.run_dir) / "mixed" / f"prepared.{stale}.json").is_file()
     # the relaunch: rank 1 looks first (the stale marker is there) and returns after its rank 0 is done
-    rank_zero = later(0.3, lambda: stage_mod.prepare_mixed_stage(cfg, None, key=key, env=ranks(relaunch, 0)))
-    assert stage_mod.prepare_mixed_stage(cfg, _no_rebuild, key=key, env=ranks(relaunch, 1)) is None
+    rank_zero = later(0.3, lambda: stage_mod.prepare_mixed_stage(cfg, key=key, env=ranks(relaunch, 0)))
+    assert stage_mod.prepare_mixed_stage(cfg, key=key, env=ranks(relaunch, 1)) is None
     returned = time.monotonic()
     rank_zero.join()
     assert len(attempts) == 2 and returned >= attempts[1]
@@ -175,12 +175,12 @@ def test_lightnings_launcher_starts_ranks_that_take_rank_zeros_markers(tmp_path,
         for k, v in {"SLURM_JOB_ID": "77", "SLURM_PROCID": "0", "SLURM_JOB_NAME": "interactive"}.items():
             monkeypatch.setenv(k, v)
     cfg, key = stage_mixed(tmp_path)
-    monkeypatch.setattr(stage_mod, "_prepare", lambda cfg, make: {"kept": 1})
+    monkeypatch.setattr(stage_mod, "_prepare", lambda cfg: {"kept": 1})
     wait = RankZeroWork.wait
     monkeypatch.setattr(RankZeroWork, "wait",
                         lambda self, key=None, **kw: wait(self, key, poll_s=0.02, timeout_s=2))
     launch = launch_id()
-    assert stage_mod.prepare_mixed_stage(cfg, None, key=key) == {"kept": 1}
+    assert stage_mod.prepare_mixed_stage(cfg, key=key) == {"kept": 1}
     children = []
     monkeypatch.setattr(subprocess_script.subprocess, "Popen", lambda cmd, env, cwd: children.append(env))
     subprocess_script._SubprocessScriptLauncher(LightningEnvironment(), num_processes=3,
@@ -189,7 +189,7 @@ def test_lightnings_launcher_starts_ranks_that_take_rank_zeros_markers(tmp_path,
     assert (launch is not None) is salloc
     for env in children:
         assert not env_rank_zero(env) and launch_id(env) == launch
-        assert stage_mod.prepare_mixed_stage(cfg, _no_rebuild, key=key, env=env) is None
+        assert stage_mod.prepare_mixed_stage(cfg, key=key, env=env) is None
 
 
 @pytest.mark.parametrize("env, zero", [
@@ -387,7 +387,7 @@ def _no_rebuild(*args, **kwargs):
 
 
 def test_completed_stage_mixed_returns_before_its_round(tmp_path, monkeypatch):
-    from dasd.training.train import train
+    from dasd.recipes.sft import train
 
     cfg = compose_cfg(tmp_path, "stage=mixed", "logger=csv")
     run = Path(cfg.paths.run_dir)
@@ -409,11 +409,11 @@ def test_other_ranks_wait_for_stage_mixed_data(tmp_path, monkeypatch):
     later(0.3, lambda: work.finish("run-key"))
     fast_polls(monkeypatch)
     t0 = time.monotonic()
-    assert stage_mod.prepare_mixed_stage(cfg, _no_rebuild, key="run-key") is None
+    assert stage_mod.prepare_mixed_stage(cfg, key="run-key") is None
     assert time.monotonic() - t0 >= 0.3
     later(0.1, lambda: work.fail(ValueError("no stage-2 checkpoint"), "run-key2"))
     with pytest.raises(RuntimeError, match="stage=mixed round 0 failed on rank 0.*no stage-2 checkpoint"):
-        stage_mod.prepare_mixed_stage(cfg, _no_rebuild, key="run-key2")
+        stage_mod.prepare_mixed_stage(cfg, key="run-key2")
 
 
 def test_offpolicy_records_are_unique_and_verbatim(tmp_path, monkeypatch):
@@ -424,7 +424,7 @@ def test_offpolicy_records_are_unique_and_verbatim(tmp_path, monkeypatch):
     selection = [{"uuid": r["uuid"], "input": r["input"], "source": f"{data}:{i + 1}", "response_tokens": 20,
                   "domain": "math", "meta": r["meta"]} for i, r in enumerate(rows)]
     pool = [{**r, "run": "stage1"} for r in selection] + [{**r, "run": "stage2"} for r in selection]
-    monkeypatch.setattr(stage_mod, "parent_selection", lambda cfg, make, tok: pool)
+    monkeypatch.setattr(stage_mod, "parent_selection", lambda cfg, tok: pool)
 
     def fake_round(folder, questions, spec, **kw):
         assert len({q["uuid"] for q in questions}) == len(questions)  # no question revised twice
@@ -435,7 +435,7 @@ def test_offpolicy_records_are_unique_and_verbatim(tmp_path, monkeypatch):
     monkeypatch.setattr(stage_mod, "run_round", fake_round)
     cfg = compose_cfg(tmp_path, "stage=mixed", f"stage.init_from={asset_path('tiny_qwen3')}",
                       "mixed.extra_offpolicy=100", "mixed.n_questions=4")
-    stats = stage_mod.prepare_mixed_stage(cfg, _no_rebuild, rank_zero=True)
+    stats = stage_mod.prepare_mixed_stage(cfg, rank_zero=True)
     train = [json.loads(x) for x in (Path(cfg.paths.run_dir) / "mixed" / "train.jsonl").read_text().splitlines()]
     assert train == rows  # each once, verbatim, in pool order
     composition = json.loads((Path(cfg.paths.run_dir) / "mixed" / "composition.json").read_text())

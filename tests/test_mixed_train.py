@@ -52,6 +52,7 @@ def supervised_tokens(records: list[dict], tokenizer) -> int:
                for r in records)
 
 
+@pytest.mark.cli
 def test_revision_between_epochs_adds_its_samples_to_the_next_epoch(tmp_path):
     run_train(tmp_path, "callbacks=mixed_policy", "train.epochs=2", *SMALL)
     run = tmp_path / "outputs" / "default" / "stage1"
@@ -69,6 +70,7 @@ def test_revision_between_epochs_adds_its_samples_to_the_next_epoch(tmp_path):
     assert json.loads((run / "manifest.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.cli
 def test_resume_inside_a_revised_epoch_matches_uninterrupted(tmp_path):
     """Killed during the epoch that trains on a round's samples, a resumed run trains on the same data from the
     same position with the same stretched schedule: its loss and lr trajectories equal the uninterrupted run's."""
@@ -90,6 +92,7 @@ def test_resume_inside_a_revised_epoch_matches_uninterrupted(tmp_path):
     assert [r["train/lr"] for r in resumed] == pytest.approx([r["train/lr"] for r in reference], rel=1e-6)
 
 
+@pytest.mark.cli
 def test_stage_mixed_trains_one_epoch_on_revised_and_offpolicy_samples(tmp_path):
     common = ["student=tiny_base", "logger=csv", "stage.epochs=1"]
     proc = run_train(tmp_path, "stage=mixed", *common, check=False)

@@ -182,7 +182,7 @@ def test_diverged_run_fails_and_later_stages_refuse_it(tmp_path):
     """`train.py optim.lr=1e6` (in-process): the run stops at its first non-finite step with a one-line
     error, the manifest says failed with the step and reason, nothing non-finite is written, and stage 2
     (stage.init_from=auto or a path into the failed run) refuses to start from it."""
-    from dasd.training.train import train
+    from dasd.recipes.sft import train
 
     cfg = _compose(["optim.lr=1e6", "data.max_samples=16", "train.save_every_n_steps=1", "logger=none",
                     "trainer.enable_progress_bar=false"], tmp_path, "stage1")

@@ -1,4 +1,4 @@
-"""The ablation report (`python report.py runs=<dir>`, dasd.world.report): numbers over seeds are exact, the
+"""The ablation report (`python report.py runs=<dir>`, dasd.recipes.report): numbers over seeds are exact, the
 paper's numbers and the contrasts are shown, duplicates are resolved newest-first and counted, malformed
 results fail naming the file and key, and the CLI writes report.md / report.json / PNGs and a W&B run."""
 
@@ -16,7 +16,9 @@ import pytest
 from test_config import compose_cfg
 from wandb_offline import read_history, read_records, run_files
 
-from dasd.world.report import CONTRASTS, RESULT_FILE, collect, load_result, natural_key, report, write_report
+from dasd.ablation.report import write_report
+from dasd.ablation.results import CONTRASTS, RESULT_FILE, collect, load_result, natural_key
+from dasd.recipes.report import report
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1",
@@ -143,7 +145,7 @@ def test_contrasts_are_computed_from_the_numbers(sweep, tmp_path):
     assert "| contrast (b − a) | what | paper AIME25 diff | toy diff [95% CI] | MDE | seed sd | seeds for MDE ≤ 3 " \
            "| seeds × questions | verdict |" in md
     lo, hi = (f"{das[k]:+.1f}" for k in ("ci_low", "ci_high"))
-    power = das["power"]  # the seeds the MDE target needs (dasd.world.power), 3 seeds: 2 degrees of freedom
+    power = das["power"]  # the seeds the MDE target needs (dasd.ablation.power), 3 seeds: 2 degrees of freedom
     assert power["df_seed"] == 2 and power["mde_target"] == 3.0 and power["sd_seed"] >= 0
     need = power["seeds_for_target"] or "none"
     assert f"| T3a-T3b | DAS vs RS at T=0.6 | +2.3 | +10.0 [{lo}, {hi}] | {das['mde']:.1f} | " \

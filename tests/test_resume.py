@@ -241,7 +241,7 @@ def _train_cfg(root: Path, *overrides: str):
 def test_resume_refuses_pickled_code(tmp_path, how):
     """train(cfg) with resume=<malicious file>, or with one planted as the run's last.ckpt (resume=auto), stops
     with the file named before anything is trained, and the payload never runs."""
-    from dasd.training.train import train
+    from dasd.recipes.sft import train
 
     evil, marker = _malicious(tmp_path)
     if how == "auto":
@@ -257,7 +257,7 @@ def test_lightnings_own_checkpoint_load_is_restricted(tmp_path, monkeypatch):
     """Past dasd's own check (patched out here), Lightning's load of the resume checkpoint is restricted too,
     even where TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD would make torch.load unpickle anything by default."""
     import dasd.training.stages as stages
-    from dasd.training.train import train
+    from dasd.recipes.sft import train
 
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     monkeypatch.setattr(stages, "checkpoint_identity", lambda path: {})

@@ -128,9 +128,9 @@ TINY_TRAIN = ["data.max_samples=4", "train.epochs=1"]  # cheap runs, should the 
 def test_entry_points_refuse_a_held_run_dir_before_any_work(name, overrides, tmp_path):
     """train (stage=mixed's revision round and data_only included), generate and evaluate stop before they
     write anything into a run dir another process holds."""
-    from dasd.eval.run import evaluate
-    from dasd.generation.run import generate
-    from dasd.training.train import train
+    from dasd.recipes.evaluate import evaluate
+    from dasd.recipes.generate import generate
+    from dasd.recipes.sft import train
 
     run = {"train": train, "generate": generate, "evaluate": evaluate}[name]
     cfg = compose_cfg([*overrides, "logger=none"], tmp_path, name=name)
@@ -182,7 +182,7 @@ def test_cli_refuses_a_held_run_dir_before_hydra_writes_into_it(tmp_path):
 def test_generate_runs_sharing_an_output_dir_lock_their_shard(tmp_path):
     """Two generate.py runs with their own run dirs but one output_dir= and shard: the second stops before it
     writes (they would mix seeds in one shard); another shard of the same output_dir is free."""
-    from dasd.generation.run import generate
+    from dasd.recipes.generate import generate
 
     out = tmp_path / "pool"
     common = ["max_questions=1", "samples_per_question=1", "sampling.max_tokens=4", "logger=none",

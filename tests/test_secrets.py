@@ -15,10 +15,10 @@ import pytest
 from fake_openai import FakeOpenAI
 from test_config import compose_cfg
 
-from dasd.eval.run import evaluate
 from dasd.generation.openai_client import OpenAIEngine
-from dasd.generation.run import generate
 from dasd.mixed.round import build_spec, run_round
+from dasd.recipes.evaluate import evaluate
+from dasd.recipes.generate import generate
 from dasd.utils.secrets import RefuseSecrets, find_secrets, refuse_secrets
 
 REPO = Path(__file__).resolve().parent.parent
@@ -185,7 +185,7 @@ def test_cli_runs_write_no_key(script, planted, tmp_path):
 
 def test_in_process_train_refuses_a_key_before_writing(planted, tmp_path):
     """ablate.py and notebooks call train(cfg) without the CLI's Hydra callback: the check is in train() too."""
-    from dasd.training.train import train
+    from dasd.recipes.sft import train
 
     cfg = compose_cfg(["callbacks=mixed_policy", "logger=csv",
                        f"+mixed.teacher.engine_args.api_key={KEY}"], tmp_path / "t")

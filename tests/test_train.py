@@ -23,6 +23,7 @@ from dasd.training.module import SFTModule
 from dasd.training.optim import OptimConfig
 
 
+@pytest.mark.cli
 def test_stage1_then_stage2_end_to_end(tmp_path):
     """`python train.py` then `python train.py stage=2`: the loss falls, stage 2 starts from stage 1's final
     HF checkpoint, checkpoints load with transformers, and the offline W&B run holds the history."""
@@ -104,6 +105,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
     assert ids == {manifest["wandb_run_id"]}, ids  # every process wrote to one W&B run
 
 
+@pytest.mark.cli
 def test_resume_refuses_changed_training_config(tmp_path):
     """Resuming with a different learning rate is refused (it would silently mix two runs)."""
     run_train(tmp_path, "data.max_samples=8", "train.epochs=1")
@@ -111,6 +113,7 @@ def test_resume_refuses_changed_training_config(tmp_path):
     assert proc.returncode != 0 and "config changed" in proc.stderr
 
 
+@pytest.mark.cli
 def test_multirun_one_dir_per_job(tmp_path):
     """`python train.py -m optim.lr=a,b` runs both jobs with the basic launcher, each in its own folder."""
     run_train(tmp_path, "-m", "optim.lr=1e-3,5e-4", "data.max_samples=8", "train.epochs=1", "logger=csv")
@@ -183,6 +186,7 @@ def test_default_run_learns(tmp_path):
     assert rows[0]["train/loss"] > 6.0 and sum(r["train/loss"] for r in rows[-5:]) / 5 < 3.0
 
 
+@pytest.mark.cli
 def test_ddp_two_ranks_equals_accumulation(tmp_path):
     """DDP over 2 CPU ranks (gloo) follows the same loss trajectory as 1 process accumulating 2 micro-batches:
     the same packs form each optimizer step and the loss is the token mean over the whole step."""
@@ -197,6 +201,7 @@ def test_ddp_two_ranks_equals_accumulation(tmp_path):
     assert [r["train/supervised_tokens"] for r in ddp] == [r["train/supervised_tokens"] for r in single]
 
 
+@pytest.mark.cli
 def test_multirun_from_the_launch_directory_without_overrides(tmp_path):
     """`python train.py -m ...` as the README writes it (no paths override): outputs go under the directory it
     was launched from, one folder per job."""

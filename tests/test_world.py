@@ -206,7 +206,7 @@ def test_teacher_and_student_tokenizers_differ_on_numbers(tmp_path):
 def test_world_key_covers_every_setting_but_the_cache_root_and_the_measurement():
     from omegaconf import OmegaConf
 
-    from dasd.world.build import model_key, world_dir, world_key, world_settings
+    from dasd.recipes.world import model_key, world_dir, world_key, world_settings
 
     cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "world" / "default.yaml")
     key = world_key(cfg)
@@ -241,7 +241,7 @@ def test_world_key_covers_every_setting_but_the_cache_root_and_the_measurement()
 def test_build_refuses_a_weaker_epoch_outside_the_run(tmp_path):
     from omegaconf import OmegaConf
 
-    from dasd.world.build import build_world
+    from dasd.recipes.world import build_world
 
     cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "world" / "default.yaml")
     for bad in (0, 8, 9):

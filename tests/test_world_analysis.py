@@ -1,4 +1,4 @@
-"""dasd.world.analysis: the learning curve, the pools' sentence types and the cut-off share by teacher length,
+"""dasd.ablation.analysis: the learning curve, the pools' sentence types and the cut-off share by teacher length,
 read from ablate.py's outputs (synthetic ones here, in the layout ablate.py writes)."""
 
 import json
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dasd.world.analysis import analyze, learning_curve
+from dasd.ablation.analysis import analyze, learning_curve
 
 
 def _row(tmp: Path, rid: str, seed: int, table: int, steps: list[dict], acc: float = 50.0,
@@ -66,7 +66,7 @@ def test_nothing_is_guessed_without_runs():
 
 def test_report_figures_from_the_analysis(tmp_path):
     """The sentence-type shares of each pool are drawn as stacked bars (sentence_shares.png)."""
-    from dasd.world.contrasts import plot_sentence_shares
+    from dasd.ablation.contrasts import plot_sentence_shares
 
     path = plot_sentence_shares({"T=1.0": {"teacher": 0.6, "shared": 0.3, "student": 0.1, "unlabeled": 0.0},
                                  "T=0.6": {"teacher": 0.7, "shared": 0.28, "student": 0.02}},

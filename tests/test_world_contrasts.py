@@ -1,4 +1,4 @@
-"""Paired contrasts of the ablation report (dasd.world.contrasts): the hierarchical bootstrap over questions and
+"""Paired contrasts of the ablation report (dasd.ablation.contrasts): the hierarchical bootstrap over questions and
 seeds finds a known effect and not a null one, seed disagreement and question heterogeneity widen the interval
 as a crossed design says, the MDE shrinks with more questions, verdicts, determinism, and the per-question
 results and world-analysis files fail clearly."""
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dasd.world.contrasts import (
+from dasd.ablation.contrasts import (
     MDE_Z,
     check_bootstrap,
     load_analysis,

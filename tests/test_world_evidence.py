@@ -1,4 +1,4 @@
-"""dasd.world.evidence: a row's folder carries the report's inputs (per-question results, DAS summaries, mixed
+"""dasd.ablation.evidence: a row's folder carries the report's inputs (per-question results, DAS summaries, mixed
 round records), so rows copied off the machine (the caches gone) give the same report; rows of different
 builds of one world are never combined."""
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from dasd.world import evidence
-from dasd.world.analysis import analyze
-from dasd.world.contrasts import result_questions
+from dasd.ablation import evidence
+from dasd.ablation.analysis import analyze
+from dasd.ablation.contrasts import result_questions
 
 
 def _cache_step(root: Path, name: str, stage: str = "1", das: dict | None = None, per_q: list | None = None,

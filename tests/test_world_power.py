@@ -1,4 +1,4 @@
-"""How many seeds a contrast needs (dasd.world.power): the variance components recover known seed, question
+"""How many seeds a contrast needs (dasd.ablation.power): the variance components recover known seed, question
 and residual spreads, the projected MDE at the measured seeds agrees with the paired bootstrap's, and the
 seeds needed for a target follow the components (more seed spread: more seeds; a question term above the
 target: no number of seeds)."""
@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dasd.world.contrasts import paired_contrast
-from dasd.world.power import MDE_Z, power, projected_mde, seeds_needed, variance_components
+from dasd.ablation.contrasts import paired_contrast
+from dasd.ablation.power import MDE_Z, power, projected_mde, seeds_needed, variance_components
 
 
 def crossed(S: int, Q: int, sd_seed: float, sd_q: float, sd_e: float, seed: int = 0) -> np.ndarray:

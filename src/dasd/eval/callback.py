@@ -17,7 +17,7 @@ from pathlib import Path
 
 import lightning as L
 
-from dasd.eval.run import TABLE_COLUMNS, logged_scalars, read_results, table_rows
+from dasd.eval.results import TABLE_COLUMNS, logged_scalars, read_results, table_rows
 from dasd.training.offload import training_state_offloaded
 from dasd.utils.child import child_env, hydra_literal, run_child
 from dasd.utils.logging import get_logger

@@ -1,4 +1,4 @@
-"""Tokenizers and randomly initialised models of the reasoning world (``dasd.world.build``).
+"""Tokenizers and randomly initialised models of the reasoning world (``dasd.recipes.world``).
 
 The teacher and the student get *different* tokenizers, as gpt-oss's o200k and Qwen's do, so every
 cross-tokenizer path (DAS's character-span alignment, mixed-policy continuation in the teacher's token space)

@@ -1,4 +1,5 @@
-"""``train(cfg)``: the one place that reads the whole Hydra config and builds the objects of a run."""
+"""``train(cfg)``: one training stage from the whole Hydra config (``python train.py``): plan (init, resume,
+identity), data, module, strategy, loggers and callbacks, fit, manifest."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import time
 from pathlib import Path
 
 import lightning as L
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
@@ -15,9 +15,13 @@ from transformers import AutoConfig
 
 from dasd.config_checks import check_train
 from dasd.das import artifacts as das_artifacts
-from dasd.data.datamodule import SFTDataModule, TemperatureCheck
-from dasd.data.filters import FilterConfig
+from dasd.data.datamodule import SFTDataModule
+from dasd.eval.callback import EvaluateAtEnd
+from dasd.mixed.callback import MixedPolicyRevision
+from dasd.mixed.report import log_round
 from dasd.models.student import StudentSpec, load_tokenizer
+from dasd.recipes import mixed_stage
+from dasd.recipes.data import datamodule
 from dasd.training.callbacks import HFCheckpoint, MetricsFile, ResumeCheckpoint, RunIdentity
 from dasd.training.loggers import build_loggers
 from dasd.training.module import SFTModule
@@ -34,23 +38,6 @@ from dasd.utils.steps import optimizer_steps
 log = get_logger(__name__)
 
 
-def _datamodule(cfg: DictConfig, tokenizer) -> SFTDataModule:
-    d = cfg.data
-    return SFTDataModule(path=d.path, tokenizer=tokenizer, selector=instantiate(cfg.sampler),
-                         cutoff_len=d.cutoff_len, micro_batch_size=cfg.train.micro_batch_size,
-                         accumulate=cfg.train.accumulate, system_prompt=d.system_prompt,
-                         end_of_turn=d.end_of_turn, on_error=d.on_error, seed=cfg.seed,
-                         max_samples=d.max_samples, num_workers=d.num_workers,
-                         cache_dir=cfg.paths.cache_dir if d.cache else None, num_proc=d.num_proc,
-                         filters=FilterConfig.from_dict(OmegaConf.to_container(cfg.filters, resolve=True))
-                         if cfg.filters.order and not d.get("prefiltered") else None,  # stage=mixed: filtered
-                         source_format=d.format, logprobs_path=d.get("logprobs"),
-                         mask_student_prefix=bool(cfg.get("mixed", {}).get("mask_student_prefix", False)),
-                         supervise_eot_newline=d.get("supervise_eot_newline", True),
-                         temperature_check=None if cfg.stage.get("mixed") else TemperatureCheck(  # mixed: T varies
-                             float(cfg.stage.temperature), str(cfg.stage.id), d.get("temperature_check", "warn")))
-
-
 def _mixed_policy(cfg: DictConfig) -> dict | None:
     """The ``callbacks=mixed_policy`` settings, or None."""
     node = cfg.get("callbacks") or {}
@@ -65,15 +52,11 @@ def _callbacks(cfg: DictConfig, plan: StagePlan, tokenizer, dm: SFTDataModule) -
                   RunIdentity(plan.wandb_run_id, plan.config_hash)]
     revision = _mixed_policy(cfg)
     if revision is not None:  # after HFCheckpoint: it revises with the epoch's exported weights
-        from dasd.mixed.callback import MixedPolicyRevision
-
         callbacks.append(MixedPolicyRevision(
             dm, plan.run_dir, ckpt_dir / "hf", OmegaConf.to_container(cfg.mixed, resolve=True),
             OmegaConf.to_container(cfg.filters, resolve=True) if cfg.filters.order else None,
             OptimConfig(**OmegaConf.to_container(cfg.optim)), every_n_epochs=revision.get("every_n_epochs", 1)))
     if cfg.get("eval"):  # eval=default; after HFCheckpoint, whose on_train_end writes checkpoints/hf/final
-        from dasd.eval.callback import EvaluateAtEnd
-
         callbacks.append(EvaluateAtEnd(plan.run_dir, ckpt_dir / "hf" / "final", OmegaConf.to_container(
             cfg.eval, resolve=True), root_dir=cfg.paths.root_dir, experiment_name=cfg.experiment_name))
     if cfg.trainer.enable_progress_bar:
@@ -125,14 +108,12 @@ def prepare_data(cfg: DictConfig) -> dict:
         return {}
     mixed = None
     if cfg.stage.get("mixed"):
-        from dasd.mixed.stage import mixed_training_config, prepare_mixed_stage, round_summary
-
-        mixed = round_summary(prepare_mixed_stage(cfg, _datamodule, rank_zero=True))
-        cfg = mixed_training_config(cfg)
+        mixed = mixed_stage.round_summary(mixed_stage.prepare_mixed_stage(cfg, rank_zero=True))
+        cfg = mixed_stage.mixed_training_config(cfg)
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
-    dm = _datamodule(cfg, load_tokenizer(cfg.student.name_or_path))  # every stage's checkpoint has this tokenizer
+    dm = datamodule(cfg, load_tokenizer(cfg.student.name_or_path))  # every stage's checkpoint has this tokenizer
     dm.setup("fit")
     report = dm.report()
     outputs, _ = _data_outputs(dm, run_dir, cfg.sampler.get("beta"))
@@ -183,9 +164,7 @@ def _train(cfg: DictConfig) -> dict:
     nonfinite = _nonfinite(cfg)
     source_cfg, mixed = cfg, None
     if cfg.stage.get("mixed"):  # stage=mixed trains on mixed/train.jsonl, written by revision round 0 below
-        from dasd.mixed.stage import mixed_training_config
-
-        cfg = mixed_training_config(cfg)
+        cfg = mixed_stage.mixed_training_config(cfg)
     plan = plan_stage(cfg)
     manifest = Manifest(plan.run_dir / "manifest.json")
     if plan.already_completed:
@@ -193,13 +172,11 @@ def _train(cfg: DictConfig) -> dict:
                  plan.run_dir)
         return manifest.data.get("final_metrics", {})
     if cfg.stage.get("mixed"):  # before anything else; global rank 0 builds the data, the other ranks wait
-        from dasd.mixed.stage import prepare_mixed_stage
-
-        mixed = prepare_mixed_stage(source_cfg, _datamodule, key=plan.config_hash)
+        mixed = mixed_stage.prepare_mixed_stage(source_cfg, key=plan.config_hash)
     strategy = _strategy(cfg, plan.init_from)
     L.seed_everything(cfg.seed, workers=True)
     tokenizer = load_tokenizer(plan.init_from)
-    dm = _datamodule(cfg, tokenizer)
+    dm = datamodule(cfg, tokenizer)
     dm.setup("fit")
     module = SFTModule(StudentSpec(name_or_path=plan.init_from, **OmegaConf.to_container(cfg.student.load)),
                        OptimConfig(**OmegaConf.to_container(cfg.optim)), nonfinite)
@@ -214,12 +191,9 @@ def _train(cfg: DictConfig) -> dict:
         if isinstance(lg, WandbLogger) and das_outputs:
             das_artifacts.log_to_wandb(lg, *das_outputs)
     if mixed is not None and trainer.is_global_zero:
-        from dasd.mixed.report import log_round
-        from dasd.mixed.stage import round_summary
-
         if "skipped" not in mixed:  # mixed.n_questions=0 (off-policy samples alone): no round to log
             log_round(trainer.loggers, mixed, plan.run_dir / "mixed" / "round_0" / "cutoff_ratio.png", step=0)
-        mixed = round_summary(mixed)  # the manifest keeps the counts, not the per-question lists
+        mixed = mixed_stage.round_summary(mixed)  # the manifest keeps the counts, not the per-question lists
     if trainer.is_global_zero:
         manifest.update(status="running", stage=cfg.stage.id, run_dir=str(plan.run_dir), config=plan.config,
                         config_hash=plan.config_hash, parent=plan.parent, data=dm.report(), versions=versions(),

@@ -33,6 +33,7 @@ from dasd.data.datamodule import source_rows
 from dasd.data.selection import KeepAllSelector
 from dasd.mixed.round import build_spec, draw, run_round
 from dasd.models.student import load_tokenizer
+from dasd.recipes.data import datamodule
 from dasd.training.stages import resolve_init
 from dasd.utils.io import read_jsonl, write_jsonl
 from dasd.utils.logging import get_logger
@@ -71,7 +72,7 @@ def round_summary(stats: dict) -> dict:
     return {k: v for k, v in stats.items() if k not in BULKY_STATS}
 
 
-def parent_selection(cfg: DictConfig, make_datamodule, tokenizer) -> list[dict]:
+def parent_selection(cfg: DictConfig, tokenizer) -> list[dict]:
     """The selected records of each run in ``mixed.question_runs``, tagged with the run's name."""
     exp_dir = Path(cfg.paths.output_dir) / cfg.experiment_name
     pool: list[dict] = []
@@ -82,7 +83,7 @@ def parent_selection(cfg: DictConfig, make_datamodule, tokenizer) -> list[dict]:
                              f"'{cfg.experiment_name}', but {exp_dir / str(run) / 'manifest.json'} is not a "
                              f"completed run. Train it first, or set mixed.question_runs.")
         parent = OmegaConf.create(manifest.data["config"])
-        dm = make_datamodule(parent, tokenizer)
+        dm = datamodule(parent, tokenizer)
         dm.setup("fit")
         pool += [{**r, "run": str(run)} for r in dm.selected_records()]
     return pool
@@ -96,7 +97,7 @@ def unique_by_uuid(records: list[dict]) -> tuple[list[dict], int]:
     return list(first.values()), len(records) - len(first)
 
 
-def prepare_mixed_stage(cfg: DictConfig, make_datamodule, key: str | None = None,
+def prepare_mixed_stage(cfg: DictConfig, key: str | None = None,
                         rank_zero: bool | None = None, env: Mapping[str, str] | None = None) -> dict | None:
     """Run round 0 and write ``mixed/train.jsonl`` (train on it with ``mixed_training_config(cfg)``); returns
     the round's statistics with the data's composition. Only rank 0 (``env_rank_zero`` unless ``rank_zero``
@@ -108,17 +109,17 @@ def prepare_mixed_stage(cfg: DictConfig, make_datamodule, key: str | None = None
         work.wait(key)
         return None
     with work.signal(key):
-        return _prepare(cfg, make_datamodule)
+        return _prepare(cfg)
 
 
-def _prepare(cfg: DictConfig, make_datamodule) -> dict:
+def _prepare(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.paths.run_dir)
     init, _ = resolve_init(cfg)
     tokenizer = load_tokenizer(init)
     m = OmegaConf.to_container(cfg.mixed, resolve=True)
     # one file behind both stages puts its records in both selections: each uuid once, or a question would be
     # revised twice and train.jsonl would hold a uuid twice (an error when it is read)
-    pool, duplicates = unique_by_uuid(parent_selection(cfg, make_datamodule, tokenizer))
+    pool, duplicates = unique_by_uuid(parent_selection(cfg, tokenizer))
     questions = draw(pool, m["n_questions"], m["seed"])
     offpolicy = draw(pool, m["extra_offpolicy"], m["seed"] + 1)
     d = cfg.data

@@ -1,6 +1,6 @@
 """How many seeds a paired contrast needs: variance components of its (seed, question) differences.
 
-A contrast of the ablation report (dasd.world.contrasts) is the mean of a [seeds, questions] matrix D of
+A contrast of the ablation report (dasd.ablation.contrasts) is the mean of a [seeds, questions] matrix D of
 paired differences b - a, one cell per (seed, question). Its noise has three parts, estimated by the
 two-way random-effects analysis of variance without replication (method of moments, negative estimates set
 to 0):

@@ -1,9 +1,9 @@
 """``run_row(cfg)``: one row of the paper's ablation tables (method.md §10, Tables 1, 3, 5, 7) at toy scale
 in the reasoning world (``python ablate.py experiment=world/<row> seed=<s>``; docs/ablations.md).
 
-A row is a chain of steps. Each step trains one stage in this process with ``dasd.training.train.train``
+A row is a chain of steps. Each step trains one stage in this process with ``dasd.recipes.sft.train``
 (stage 1 from the untrained student, stage 2 and ``mixed`` from the previous step's final weights) on a
-teacher pool, then evaluates its final checkpoint with ``dasd.eval.run.evaluate`` (avg@k on the world's
+teacher pool, then evaluates its final checkpoint with ``dasd.recipes.evaluate.evaluate`` (avg@k on the world's
 held-out questions). The configs of those calls are composed from ``conf/train.yaml``,
 ``conf/generate.yaml`` and ``conf/evaluate.yaml``, so a stage here is the stage ``python train.py`` runs.
 
@@ -23,148 +23,55 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from filelock import FileLock
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from dasd.ablation import evidence
+from dasd.ablation.steps import (
+    CACHE_VERSION,
+    WORLD_LAYOUT,
+    Step,
+    check_overrides,
+    count_lines,
+    data_fields,
+    eval_fields,
+    parse_steps,
+    record_step,
+)
+from dasd.config import register_resolvers
+from dasd.eval.results import model_fingerprint
+from dasd.generation.questions import read_questions
+from dasd.recipes import world as world_build
+from dasd.recipes.evaluate import evaluate
+from dasd.recipes.generate import generate
+from dasd.recipes.sft import train
 from dasd.utils.logging import get_logger
 from dasd.utils.paths import config_dir
 from dasd.utils.run import Manifest, config_hash, git_revision, versions, write_json
 from dasd.utils.wandb import logger_mode, open_run
-from dasd.world import evidence
 
 log = get_logger(__name__)
 
-STAGES = ("1", "2", "mixed")
-TEACHERS = ("a", "b")
-SAMPLERS = ("random", "divergence")
-STEP_KEYS = {"stage", "teacher", "temperature", "sampler", "questions", "mask_student_prefix", "offpolicy_only"}
-EVAL_KEYS = ("avg@k", "ci95", "truncation_rate", "unfinished_rate", "mean_response_tokens", "n_questions",
-             "k", "results")
-CACHE_VERSION = 2  # bump when a change of this module changes what a cached step or pool holds
-# train.py keys the runner sets itself: a train_override of one of these would be silently replaced
-OWNED_KEYS = ("stage", "sampler", "seed", "paths", "student.name_or_path", "data.path", "data.format",
-              "data.teacher_tokenizer", "data.system_prompt", "train.epochs", "experiment_name", "run_name",
-              "eval", "logger", "mixed.question_runs", "mixed.n_questions", "mixed.extra_offpolicy",
-              "mixed.mask_student_prefix", "mixed.teacher.model", "mixed.teacher.max_tokens",
-              "mixed.teacher.format", "mixed.teacher.system_prompt", "stage.init_from", "stage.temperature")
-
-
-@dataclass(frozen=True)
-class Step:
-    """One step of a row (see conf/ablate.yaml ``steps``); ``questions`` in multiples of budget.questions."""
-
-    stage: str
-    teacher: str
-    temperature: float | None = None
-    sampler: str | None = None
-    questions: float | None = None
-    mask_student_prefix: bool | None = None
-    offpolicy_only: bool | None = None  # mixed: no revision round, the off-policy samples alone (a control)
-
-    def settings(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    def describe(self) -> str:
-        if self.stage == "mixed":
-            mask = str(self.mask_student_prefix).lower()
-            if self.offpolicy_only:
-                return "mixed, off-policy samples only (no revision round)"
-            return f"mixed (mask_student_prefix={mask}, teacher {self.teacher})"
-        return (f"stage{self.stage} ({self.sampler}, T={self.temperature!r}, teacher {self.teacher}, "
-                f"{self.questions:g}x questions)")
-
-
-def _positive(x) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and x > 0
-
-
-def parse_steps(raw: list) -> list[Step]:
-    """Validate a row's ``steps`` (ValueError naming the step and field) and fill the defaults."""
-    steps: list[Step] = []
-    for i, s in enumerate(raw, 1):
-        where = f"steps[{i}]"
-        if not isinstance(s, dict):
-            raise ValueError(f"{where}: expected a mapping like {{stage: 1, teacher: a, ...}}, got {s!r}")
-        if unknown := set(s) - STEP_KEYS:
-            raise ValueError(f"{where}: unknown keys {sorted(unknown)}; expected some of {sorted(STEP_KEYS)}")
-        stage = str(s.get("stage"))
-        if stage not in STAGES:
-            raise ValueError(f"{where}.stage: expected one of {STAGES}, got {s.get('stage')!r}")
-        if (i == 1) != (stage == "1"):
-            raise ValueError(f"{where}.stage={stage}: a row starts with one stage-1 step (from the student); "
-                             "later steps are stage 2 or mixed (from the previous step's weights)")
-        teacher = str(s.get("teacher", steps[-1].teacher if steps else "a"))
-        if teacher not in TEACHERS:
-            raise ValueError(f"{where}.teacher: expected one of {TEACHERS}, got {teacher!r}")
-        if stage == "mixed":
-            if extra := {"temperature", "sampler", "questions"} & set(s):
-                raise ValueError(f"{where}: a mixed step takes its questions from the earlier steps; "
-                                 f"drop {sorted(extra)} (budget.mixed sets the counts)")
-            mask, only = s.get("mask_student_prefix", False), s.get("offpolicy_only", False)
-            for name, value in (("mask_student_prefix", mask), ("offpolicy_only", only)):
-                if not isinstance(value, bool):
-                    raise ValueError(f"{where}.{name}: expected true or false, got {value!r}")
-            steps.append(Step("mixed", teacher, mask_student_prefix=mask, offpolicy_only=only or None))
-            continue
-        for name in ("mask_student_prefix", "offpolicy_only"):
-            if name in s:
-                raise ValueError(f"{where}.{name}: only for stage: mixed")
-        temperature, sampler = s.get("temperature"), s.get("sampler", "random")
-        questions = s.get("questions", 1)
-        if not _positive(temperature):
-            raise ValueError(f"{where}.temperature: expected a number > 0 (0.6, 1.0), got {temperature!r}")
-        if sampler not in SAMPLERS:
-            raise ValueError(f"{where}.sampler: expected one of {SAMPLERS}, got {sampler!r}")
-        if not _positive(questions):
-            raise ValueError(f"{where}.questions: expected a multiple of budget.questions > 0, "
-                             f"got {questions!r}")
-        steps.append(Step(stage, teacher, float(temperature), sampler, float(questions)))
-    return steps
-
-
-def check_overrides(overrides: list[str]) -> None:
-    """A ``train_overrides`` entry may not set a key the runner sets for each step (it would be replaced)."""
-    for o in overrides:
-        key = o.split("=", 1)[0].lstrip("+~")
-        if any(key == k or key.startswith(k + ".") for k in OWNED_KEYS):
-            raise ValueError(f"train_overrides: {o!r} sets {key}, which the ablation runner sets for every "
-                             "step (use the row's steps or the budget instead)")
-
-
-WORLD_LAYOUT = ("world.json", "data/questions.jsonl", "data/heldout.jsonl", "teacher_a", "teacher_b",
-                "student")
-
-
 def resolve_world(cfg: DictConfig) -> Path:
     """The world directory: ``world_dir`` when set (a world built elsewhere), else the ``world`` config's,
-    built and cached by ``dasd.world.build.ensure_world`` on first use."""
+    built and cached by ``dasd.recipes.world.ensure_world`` on first use."""
     if cfg.get("world_dir"):
         world = Path(str(cfg.world_dir)).expanduser().resolve()
     else:
-        from dasd.world.build import ensure_world
-
-        world = Path(ensure_world(cfg.world, Path(cfg.paths.output_dir)))
+        world = Path(world_build.ensure_world(cfg.world, Path(cfg.paths.output_dir)))
     if missing := [p for p in WORLD_LAYOUT if not (world / p).exists()]:
         raise ValueError(f"world {world}: missing {missing} (docs/ablations.md lists a world's layout)")
     return world
 
 
-def count_lines(path: Path) -> int:
-    with path.open("rb") as f:
-        return sum(1 for line in f if line.strip())
-
-
 @contextmanager
 def _hydra():
     """Hydra's config loader: the running app's (``python ablate.py``), else conf/ of this checkout."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from dasd.config import register_resolvers
-
     register_resolvers()
     if GlobalHydra.instance().is_initialized():
         yield
@@ -177,8 +84,6 @@ def _hydra():
 def compose(name: str, choices: list[str], values: dict) -> DictConfig:
     """``conf/<name>.yaml`` composed with ``choices`` (Hydra overrides: groups, the user's extra overrides),
     then ``values`` (dotted key -> value) set directly, so paths and prompts need no override quoting."""
-    from hydra import compose as hydra_compose
-
     with _hydra():
         out = hydra_compose(config_name=name, overrides=choices)
     with open_dict(out):
@@ -246,8 +151,6 @@ class Ablation:
         path = pool.parent.parent / "subsets" / f"first{n}.jsonl"
         if path.is_file():
             return path
-        from dasd.generation.questions import read_questions
-
         questions, _ = read_questions(self.world / "data" / "questions.jsonl")  # the ids generate.py gave them
         ids = {q.id for q in questions[:n]}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -272,8 +175,6 @@ class Ablation:
             done = folder / "pool.json"
             if done.is_file() and Path(json.loads(done.read_text())["output"]).is_file():
                 return key, Path(json.loads(done.read_text())["output"])
-            from dasd.generation.run import generate
-
             t0 = time.perf_counter()
             choices = ["teacher=tiny", f"logger={self.cfg.logger.name}",
                        *[str(o) for o in self.cfg.generate_overrides]]
@@ -365,8 +266,6 @@ class Ablation:
     def train_step(self, step: Step, folder: Path, parent_dir: Path | None, pool: Path | None,
                    question_runs: list[Path]) -> dict:
         """Train one step in ``folder``."""
-        from dasd.training.train import train
-
         return train(self.train_config(step, folder, parent_dir, pool, question_runs))
 
     def evaluate(self, model: Path, folder: Path, fresh: bool) -> tuple[dict, bool]:
@@ -382,8 +281,6 @@ class Ablation:
         if not fresh and summary_file.is_file() and sig_file.is_file() and \
                 json.loads(sig_file.read_text()) == signature:
             return {**json.loads(summary_file.read_text()), **results}, True
-        from dasd.eval.run import evaluate
-
         choices = ["task=world", f"logger={self.cfg.logger.name}", *[str(o) for o in self.cfg.eval_overrides]]
         ecfg = compose("evaluate", choices, {
             **self.common, "paths.run_dir": str(folder), "run_name": f"{folder.parent.name}/eval",
@@ -396,40 +293,6 @@ class Ablation:
         return {**summary, **results}, False
 
 
-def eval_fields(summary: dict) -> dict:
-    return {k: summary.get(k) for k in EVAL_KEYS}
-
-
-def data_fields(folder: Path) -> dict:
-    """What a step trained on: candidates read, filter drops, selected and packed samples; for a mixed step
-    the round's counts."""
-    report_file, out = folder / "data_report.json", {}
-    if report_file.is_file():
-        rep = json.loads(report_file.read_text())
-        filters, sel, pack = rep.get("filters") or {}, rep.get("selection") or {}, rep.get("packing") or {}
-        drops = {name: f["dropped"] for name, f in (filters.get("filters") or {}).items() if f["dropped"]}
-        out = {"candidates": (rep.get("read") or {}).get("read"), "filtered_out": filters.get("dropped"),
-               "filter_drops": drops, "questions": sel.get("questions"), "selected": sel.get("selected"),
-               "packed": pack.get("samples_packed"), "dropped_overlong": pack.get("dropped_overlong")}
-    mixed = Manifest(folder / "manifest.json").data.get("mixed")
-    if mixed:
-        comp = mixed.get("composition") or {}
-        out["mixed"] = {k: mixed.get(k) for k in ("questions", "truncated", "truncation_rate", "continued",
-                                                   "kept")}
-        out["mixed"].update(mixed_policy=comp.get("mixed_policy"), off_policy=comp.get("off_policy"))
-    return out
-
-
-def _record_step(folder: Path, fields: dict, row_id: str) -> dict:
-    """Create or update ``step.json`` (settings, parent, the rows that used the step)."""
-    path = folder / "step.json"
-    info = json.loads(path.read_text()) if path.is_file() else {}
-    info.update(fields)
-    info["rows"] = sorted(set(info.get("rows", [])) | {row_id})
-    write_json(path, info)
-    return info
-
-
 def run_step(ab: Ablation, step: Step, index: int, parent_key: str | None, parent_dir: Path | None,
              question_runs: list[Path]) -> tuple[str, Path, dict]:
     """Train (or reuse) and evaluate one step; returns (its key, its folder, its entry of row_result.json)."""
@@ -437,8 +300,6 @@ def run_step(ab: Ablation, step: Step, index: int, parent_key: str | None, paren
     pool_key, pool = None, None
     if step.stage != "mixed":
         pool_key, pool = ab.pool(step.teacher, step.temperature, ab.n_questions(step.questions))
-    from dasd.eval.run import model_fingerprint
-
     # a retrained parent (new weights at the same path) or any changed training setting is a new step
     parent_weights = model_fingerprint(str(parent_dir / "checkpoints" / "hf" / "final")) if parent_dir else None
     key = ab.step_key(step, parent_key, pool_key, ab.train_config_hash(step, parent_dir, pool, question_runs),
@@ -447,7 +308,7 @@ def run_step(ab: Ablation, step: Step, index: int, parent_key: str | None, paren
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         reused = Manifest(folder / "manifest.json").status == "completed"
-        info = _record_step(folder, {
+        info = record_step(folder, {
             "key": key, "settings": step.settings(), "parent": parent_key,
             "parent_dir": str(parent_dir) if parent_dir else None, "pool": str(pool) if pool else None,
             "question_runs": [str(p) for p in question_runs] or None, "seed": ab.seed, "world": ab.world_key,
@@ -455,7 +316,7 @@ def run_step(ab: Ablation, step: Step, index: int, parent_key: str | None, paren
         if not reused:
             t0 = time.perf_counter()
             ab.train_step(step, folder, parent_dir, pool, question_runs)
-            info = _record_step(folder, {"train_seconds": round(time.perf_counter() - t0, 1)}, str(row.id))
+            info = record_step(folder, {"train_seconds": round(time.perf_counter() - t0, 1)}, str(row.id))
         summary, eval_reused = ab.evaluate(folder / "checkpoints" / "hf" / "final", folder / "eval",
                                            fresh=not reused)
     entry = {"stage": step.stage, "settings": step.settings(), "key": key, "dir": str(folder),
@@ -474,7 +335,7 @@ def evaluate_base(ab: Ablation) -> dict:
     folder = ab.step_dir(key)
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
-        _record_step(folder, {"key": key, "settings": {"stage": "base"}, "model": str(ab.world / "student"),
+        record_step(folder, {"key": key, "settings": {"stage": "base"}, "model": str(ab.world / "student"),
                               "seed": ab.seed, "world": ab.world_key}, str(ab.cfg.row.id))
         summary, reused = ab.evaluate(ab.world / "student", folder / "eval", fresh=False)
     log.info("row %s seed %d: base student: avg@%d %.1f%%%s", ab.cfg.row.id, ab.seed, summary["k"],

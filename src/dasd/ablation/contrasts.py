@@ -1,10 +1,10 @@
-"""Paired contrasts of the ablation report (``python report.py``; dasd.world.report).
+"""Paired contrasts of the ablation report (``python report.py``; dasd.recipes.report).
 
 Two rows of a paper table, each run over the same seeds and evaluated on the same held-out questions, are
 compared cell by cell: diff = mean over seeds of the mean over questions of (b - a), in points. Its 95%
 interval comes from a hierarchical paired bootstrap (seeds and questions both resampled with replacement,
 questions crossed with seeds), its minimum detectable effect from the bootstrap's standard error, and its
-verdict from where the interval lies; dasd.world.power splits its noise into seed, question and residual
+verdict from where the interval lies; dasd.ablation.power splits its noise into seed, question and residual
 parts and projects how many seeds would bring the MDE to a target. Also here: the per-question results
 reader, the world-analysis file, ``summary.json`` and the figures of the contrasts, the learning curve and the
 cut-off shares.
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dasd.ablation.analysis import CURVE_TABLE
+from dasd.ablation.evidence import open_text, resolve
+from dasd.ablation.power import MDE_TARGET, MDE_Z, power
 from dasd.utils.plots import pyplot
-from dasd.world.analysis import CURVE_TABLE
-from dasd.world.evidence import open_text, resolve
-from dasd.world.power import MDE_TARGET, MDE_Z, power
 
 VERDICTS = ("reproduced", "contradicted", "inconclusive", "no expected direction")
 PER_QUESTION = ("required", "optional")
@@ -46,7 +46,7 @@ def results_path(result: dict) -> Path | None:
         if not isinstance(given, str):
             raise ValueError(f"{result.get('_path', 'row_result.json')}: 'final.results' must be a path, "
                              f"got {given!r}")
-        return resolve(result, given)  # relative: inside the row's folder (dasd.world.evidence)
+        return resolve(result, given)  # relative: inside the row's folder (dasd.ablation.evidence)
     last = result["steps"][-1] if result["steps"] else result.get("base")
     if isinstance(last, dict) and isinstance(last.get("dir"), str):
         return Path(last["dir"]) / "eval" / "results.jsonl"
@@ -157,7 +157,7 @@ def paired_contrast(a: dict, b: dict, *, resamples: int = 2000, seed: int = 0,
     and, independently, the questions with replacement (the same drawn questions for every drawn seed:
     questions are crossed with seeds) and recomputes the diff. Returns diff, ci_low/ci_high (2.5/97.5
     percentiles), se (bootstrap std), mde (80% power, two-sided alpha 0.05), per-seed diffs, the cells
-    dropped per side and ``power`` (dasd.world.power: the noise's parts and the seeds the MDE needs to reach
+    dropped per side and ``power`` (dasd.ablation.power: the noise's parts and the seeds the MDE needs to reach
     ``mde_target``). ValueError when no cell is paired."""
     seeds, qids, A, B, dropped = pair_cells(a, b)
     if not seeds or not qids:
@@ -343,7 +343,7 @@ def build_summary(report: dict, results: Sequence[dict], analysis: dict) -> dict
         "mde_target": next((p["mde_target"] for p in powers if "mde_target" in p), None),
         "seeds_for_mde_target": max(needs) if needs and None not in needs else None,
         "seeds_for_mde_target_note": "the most seeds any contrast of Tables 1, 3, 5, 7 needs for its projected "
-                                     "MDE to reach mde_target (dasd.world.power); null when a contrast has one "
+                                     "MDE to reach mde_target (dasd.ablation.power); null when a contrast has one "
                                      "seed or no number of seeds reaches it",
         "student_sentence_share": analysis["student_sentence_share"],
         "cutoff_ratio_by_length": analysis["cutoff_ratio_by_length"],
@@ -377,7 +377,7 @@ def summary_lines(report: dict) -> list[str]:
             f"verdicts: {verdicts}; {fmt(s['wall_hours'], '.2f')} h of row jobs (summed).",
             "Contrasts: diff = b − a in points over the (seed, question) cells both rows hold; 95% CI from a "
             "paired bootstrap over seeds and questions; MDE = 2.8 × its se. Seed sd and the seeds the MDE target "
-            "needs: variance components of the paired differences (dasd.world.power; the seed sd rests on "
+            "needs: variance components of the paired differences (dasd.ablation.power; the seed sd rests on "
             f"{max(len(s['seeds']) - 1, 0)} degree(s) of freedom: a rough size with few seeds). Verdict: "
             "*reproduced* when the CI excludes 0 in the expected direction (the paper's numbers, or the claim "
             "marked for a control), *contradicted* when it excludes 0 the other way, else *inconclusive*."]

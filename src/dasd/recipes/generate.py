@@ -7,11 +7,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dasd.config_checks import check_generate
 from dasd.generation.engine import SamplingConfig
+from dasd.generation.identity import teacher_identity
 from dasd.generation.pipeline import (
     TeacherFormat,
     finished_pairs,
@@ -22,7 +23,6 @@ from dasd.generation.pipeline import (
 )
 from dasd.generation.questions import read_questions
 from dasd.generation.shards import ShardWriter
-from dasd.utils.hashing import model_fingerprint
 from dasd.utils.logging import get_logger
 from dasd.utils.plots import plot_generation_summary
 from dasd.utils.run import Manifest, git_revision, versions
@@ -31,25 +31,6 @@ from dasd.utils.secrets import refuse_secrets
 from dasd.utils.wandb import open_run
 
 log = get_logger(__name__)
-
-# engine config keys that set where and how fast the teacher runs, not what it samples: a resume may change them
-ENGINE_RUNTIME_KEYS = ("base_url", "api_key_env", "max_concurrency", "timeout", "max_retries", "device",
-                       "score_chunk_size", "gpu_memory_utilization", "max_num_batched_tokens", "enforce_eager",
-                       "batch_size", "progress", "max_num_seqs")
-
-
-def engine_identity(engine: dict) -> dict:
-    """What of an engine config decides its samples: the config without ``ENGINE_RUNTIME_KEYS``, plus the
-    engine's sampling scheme (``Engine.sampler``: another scheme draws other samples from the same seeds)."""
-    core = {k: v for k, v in engine.items() if k not in ENGINE_RUNTIME_KEYS}
-    sampler = getattr(get_class(engine["_target_"]), "sampler", None) if "_target_" in engine else None
-    return {**core, "sampler": sampler}
-
-
-def teacher_identity(engine: dict) -> dict:
-    """``engine_identity`` plus the fingerprint of the model's weights."""
-    return {**engine_identity(engine), "weights": model_fingerprint(str(engine["model"]))}
-
 
 def _log_wandb(cfg: DictConfig, run_dir: Path, summary: dict, png: Path, config: dict) -> None:
     run = open_run(cfg.logger, dir=run_dir, group=cfg.experiment_name, job_type="generate", config=config,

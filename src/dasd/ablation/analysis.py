@@ -2,7 +2,7 @@
 sentence types of the teacher pools, and the share of student rollouts cut off by teacher length (the paper's
 Fig. 7), all read from the outputs of ``ablate.py`` runs.
 
-``analyze(results)`` takes loaded ``row_result.json`` dicts (``dasd.world.report.collect``) and returns::
+``analyze(results)`` takes loaded ``row_result.json`` dicts (``dasd.recipes.report.collect``) and returns::
 
     {"learning_curve": [{"budget", "multiple", "accuracy", "ci95", "seeds", "n_questions"}, ...],
      "unit_budget": int | None,                     # the ablation rows' budget.questions (else the curve's)
@@ -20,8 +20,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from dasd.ablation.evidence import read_json, step_file
 from dasd.mixed.report import cutoff_curve
-from dasd.world.evidence import read_json, step_file
 
 CURVE_TABLE = 0  # experiments/world/curve.yaml rows (ids LC<multiple>)
 #: (row, step index) of DAS selections on teacher_a's pool at the temperature named
