@@ -169,7 +169,7 @@ def test_value_sets_equal_their_owners():
     from dasd.data.records import ON_ERROR
     from dasd.eval.tasks import TASKS
     from dasd.generation.engine import LOGPROB_MODES
-    from dasd.mixed.revise import ENGINES
+    from dasd.generation.registry import ENGINES
     from dasd.utils.wandb import WANDB_MODES
 
     lightning = [v for part in get_args(lightning_precision._PRECISION_INPUT) for v in get_args(part)]
@@ -244,3 +244,14 @@ def test_resume_takes_a_checkpoint_file_or_a_deepspeed_checkpoint_directory(tmp_
     assert problems("train", [f"resume={tmp_path / 'last.ckpt'}"], tmp_path) == []
     found = problems("train", [f"resume={tmp_path}"], tmp_path)
     assert [p.key for p in found] == ["resume"] and "not a DeepSpeed checkpoint directory" in found[0].why
+
+
+def test_every_engine_config_is_the_registrys():
+    """conf/engine/<name>.yaml builds the engine the registry names (the mixed round and DAS scoring build
+    theirs from the registry): one table of engines."""
+    from dasd.generation.registry import ENGINE_TARGETS
+
+    conf = Path(__file__).resolve().parent.parent / "conf" / "engine"
+    assert sorted(p.stem for p in conf.glob("*.yaml")) == sorted(ENGINE_TARGETS)
+    for name, target in ENGINE_TARGETS.items():
+        assert OmegaConf.load(conf / f"{name}.yaml")["_target_"] == target

@@ -20,9 +20,11 @@ from test_config import compose_cfg
 from wandb_offline import read_history, run_files
 
 from dasd.eval.results import read_results
+from dasd.generation.identity import engine_identity
 from dasd.recipes.evaluate import evaluate
 from dasd.text.grading import exact_answer
 from dasd.training.stages import training_config_hash
+from dasd.utils.run import config_hash
 
 REPO = Path(__file__).resolve().parent.parent
 # one torch thread: on a 2-core machine shared with other jobs, 2 threads per process make tiny-model
@@ -187,3 +189,47 @@ def test_a_run_dir_never_mixes_or_silently_replaces_another_models_results(tmp_p
         run(BASE)
     _, rows_base = run(BASE, "overwrite=true")
     assert len(rows_base) == 2 and [r["id"] for r in rows_base] == [r["id"] for r in rows]
+
+
+def test_resume_key_follows_the_weights_not_their_file_times(tmp_path, sample_file, tiny_path):
+    """The evaluation key fingerprints the weights by content: a copy of the model (new file times, another
+    path's folder name aside) keeps it, one changed byte past the first MiB changes it. A run dir keyed by the
+    earlier scheme (weights by file times) is carried over, not refused."""
+    import shutil
+
+    from dasd.eval.results import mtime_fingerprint
+    from dasd.utils.hashing import model_fingerprint
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_path, model)
+    first = model_fingerprint(str(model), full=True)
+    os.utime(model / "model.safetensors", (1, 1))
+    assert model_fingerprint(str(model), full=True) == first
+    weights = bytearray((model / "model.safetensors").read_bytes())
+    assert len(weights) > (1 << 20) + 10
+    weights[-5] ^= 1
+    (model / "model.safetensors").write_bytes(bytes(weights))
+    assert model_fingerprint(str(model), full=True) != first
+    assert model_fingerprint(str(model)) == model_fingerprint(tiny_path)  # the cheap one reads the first MiB only
+
+    data = _records(tmp_path / "d.jsonl", {}, sample_file, 2)
+
+    def run():
+        cfg = compose_cfg([f"task.path={data}", "task.limit=null", "k=1", "task.max_tokens=16", "logger=none",
+                           "engine.device=cpu", "run_name=legacy", f"model={model}"], tmp_path, name="evaluate")
+        return evaluate(cfg), Path(cfg.paths.run_dir)
+
+    first_summary, run_dir = run()
+    key_file = run_dir / "eval_key.json"
+    new_key = json.loads(key_file.read_text())["key"]
+    settings = json.loads((run_dir / "summary.json").read_text())["config"]
+    legacy = config_hash({"model": str(model), "task": {k: v for k, v in settings["task"].items() if k != "limit"},
+                          "k": 1, "seed": settings["seed"], "system_prompt": settings["system_prompt"],
+                          "sampling": settings["sampling"], "chat_template_kwargs": settings["chat_template_kwargs"],
+                          "engine": engine_identity(settings["engine"]), "weights": mtime_fingerprint(str(model))})
+    key_file.write_text(json.dumps({"key": legacy}))  # as an earlier dasd wrote it
+    again, _ = run()  # carried over: no error, the same rows, the key rewritten
+    assert again["avg@k"] == first_summary["avg@k"] and json.loads(key_file.read_text())["key"] == new_key
+    key_file.write_text(json.dumps({"key": "another"}))
+    with pytest.raises(ValueError, match="holds the results of another evaluation"):
+        run()

@@ -15,17 +15,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationInfo, field_validator
 
+from dasd.generation.registry import ENGINES
+from dasd.utils.wandb import WANDB_MODES
+
 # Value sets owned by modules that import torch, transformers or Lightning (seconds to import): restated here so
 # a bad config stops before those imports; tests/test_config_checks.py asserts that each equals its owner's.
 ON_ERROR = ("raise", "skip")  # dasd.data.records.ON_ERROR
 TASKS = ("aime24", "aime25", "gpqa_diamond", "records")  # dasd.eval.tasks.TASKS (loaders)
 PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true",
               "bf16-mixed", "32-true", "64-true", "64", "32", "16", "bf16", 64, 32, 16)  # Lightning's inputs
-WANDB_MODES = ("auto", "online", "offline", "disabled")  # dasd.utils.wandb
 LOGGERS = ("wandb", "csv", "none")  # dasd.training.loggers.build_loggers
 LOGPROB_MODES = ("raw", "processed")  # dasd.generation.engine
 DAS_RULES = ("teacher_count", "teacher_share", "longest", "min_teacher_count")  # dasd.das.selector.RULES
-ENGINES = ("hf", "vllm", "openai")  # dasd.mixed.revise.ENGINES
 SOURCE_FORMATS = ("released", "generated")  # dasd.data.datamodule
 TEACHER_FORMATS = ("plain", "harmony")
 SERVED_ENGINE = "OpenAIEngine"  # an engine whose model is a name on a server, not a directory or hub id

@@ -37,7 +37,7 @@ from dasd.data.cache import tokenizer_fingerprint
 from dasd.data.records import Record
 from dasd.data.selection import RandomSelector, question_key
 from dasd.data.template import ChatTemplater
-from dasd.generation.hf import HFEngine
+from dasd.generation.registry import SCORING_ENGINES, build_engine
 from dasd.models.student import load_tokenizer
 from dasd.text.harmony import parse_harmony
 from dasd.utils.hashing import model_fingerprint
@@ -47,7 +47,6 @@ log = get_logger(__name__)
 
 ALIGNMENT_VERSION = 1
 RULES = ("teacher_count", "teacher_share", "longest", "min_teacher_count")
-ENGINES = ("hf", "vllm")
 
 
 @dataclass
@@ -96,8 +95,8 @@ class DivergenceSelector:
                  num_examples: int = 6, on_error: str = "raise", name: str = "divergence") -> None:
         if rule not in RULES:
             raise ValueError(f"sampler.rule must be one of {RULES}, got {rule!r}")
-        if engine not in ENGINES:
-            raise ValueError(f"sampler.engine must be one of {ENGINES}, got {engine!r}")
+        if engine not in SCORING_ENGINES:
+            raise ValueError(f"sampler.engine must be one of {SCORING_ENGINES}, got {engine!r}")
         if teacher_format not in ("plain", "harmony"):
             raise ValueError(f"sampler.teacher_format must be plain or harmony, got {teacher_format!r}")
         if scoring_student is None:
@@ -169,12 +168,8 @@ class DivergenceSelector:
     def _engine_instance(self):
         if self._engine is None:
             log.info("DAS: loading the scoring student %s (%s engine)", self.scoring_student, self.engine_name)
-            if self.engine_name == "hf":
-                self._engine = HFEngine(model=self.scoring_student, **self.engine_args)
-            else:
-                from dasd.generation.vllm_engine import VLLMEngine
-
-                self._engine = VLLMEngine(model=self.scoring_student, **self.engine_args)
+            self._engine = build_engine(self.engine_name, self.scoring_student, self.engine_args,
+                                        allowed=SCORING_ENGINES, what="sampler.engine")
         return self._engine
 
     # ------------------------------------------------------------------ scoring

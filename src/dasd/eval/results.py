@@ -38,9 +38,11 @@ def question_seed(seed: int, question_id: str) -> int:
     return int(hashlib.sha256(f"{seed}:{question_id}".encode()).hexdigest()[:8], 16)
 
 
-def model_fingerprint(model: str) -> str | list:
-    """What identifies a model's weights: a hub id as given; a local directory by the name, size and
-    modification time of its config and weight files (new weights at the same path are another model)."""
+def mtime_fingerprint(model: str) -> str | list:
+    """The weights part of an ``eval_key.json`` written before evaluation keys used the content fingerprint
+    (``dasd.utils.hashing.model_fingerprint(full=True)``): a hub id as given, a local directory by the name,
+    size and modification time of its config and weight files. Read only to carry such an evaluation over
+    (``resume_rows``'s ``legacy_keys``)."""
     path = Path(str(model))
     if not path.is_dir():
         return str(model)
@@ -165,12 +167,17 @@ def read_results(path: Path) -> list[dict]:
     return rows
 
 
-def resume_rows(run_dir: Path, key: str, items: list, enabled: bool, overwrite: bool) -> list[dict]:
+def resume_rows(run_dir: Path, key: str, items: list, enabled: bool, overwrite: bool,
+                legacy_keys: tuple[str, ...] = ()) -> list[dict]:
     """Rows of an earlier run with the same settings whose question is asked as now (``qhash``); otherwise a
     fresh ``results.jsonl``. Results of other settings (another model or its new weights, k, sampling...)
-    are never mixed in, and never deleted without ``overwrite=true``."""
+    are never mixed in, and never deleted without ``overwrite=true``. ``legacy_keys``: what this same
+    evaluation's key was under an earlier key scheme; such a run is carried over and its key rewritten."""
     results, key_file = run_dir / "results.jsonl", run_dir / "eval_key.json"
     old = json.loads(key_file.read_text()).get("key") if key_file.is_file() else None
+    if old is not None and old in legacy_keys:
+        log.info("%s: results keyed by an earlier scheme (weights by file times); kept, key rewritten", run_dir)
+        old = key
     previous = read_results(results)
     if previous and old != key and not overwrite:
         raise ValueError(f"{run_dir} holds the results of another evaluation (model or its weights, task, k, "

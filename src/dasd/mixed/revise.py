@@ -28,7 +28,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from hydra.utils import instantiate
 from tqdm.auto import tqdm
 
 from dasd.data.filters import (
@@ -44,6 +43,7 @@ from dasd.data.filters import (
 from dasd.data.template import STUDENT_PREFIX_KEY, ChatTemplater
 from dasd.generation.engine import Engine, Request, SamplingConfig
 from dasd.generation.pipeline import TeacherFormat, sample_seed
+from dasd.generation.registry import build_engine
 from dasd.mixed.continuation import assemble, continuation_prompt
 from dasd.mixed.cut import choose_cut
 from dasd.models.student import load_tokenizer
@@ -55,16 +55,7 @@ from dasd.utils.logging import get_logger
 log = get_logger(__name__)
 
 MIXED_NAMESPACE = uuid.UUID("3f0c6c3e-2b8e-4a51-9f6e-7d1c0a9b5e21")
-ENGINES = {"hf": "dasd.generation.hf.HFEngine", "vllm": "dasd.generation.vllm_engine.VLLMEngine",
-           "openai": "dasd.generation.openai_client.OpenAIEngine"}
 PHASES = ("rollout", "continue")
-
-
-def build_engine(kind: str, model: str, args: dict | None = None) -> Engine:
-    """An engine of ``kind`` (hf, vllm, openai) for ``model`` (an HF directory, hub id or served name)."""
-    if kind not in ENGINES:
-        raise ValueError(f"engine must be one of {sorted(ENGINES)}, got {kind!r}")
-    return instantiate({"_target_": ENGINES[kind], "model": model, **(args or {})})
 
 
 # spec keys that set how fast a phase runs, not what it writes (each request carries its own seed, whatever

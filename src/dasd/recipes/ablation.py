@@ -44,12 +44,12 @@ from dasd.ablation.steps import (
     record_step,
 )
 from dasd.config import register_resolvers
-from dasd.eval.results import model_fingerprint
 from dasd.generation.questions import read_questions
 from dasd.recipes import world as world_build
 from dasd.recipes.evaluate import evaluate
 from dasd.recipes.generate import generate
 from dasd.recipes.sft import train
+from dasd.utils.hashing import model_fingerprint
 from dasd.utils.logging import get_logger
 from dasd.utils.paths import config_dir
 from dasd.utils.run import Manifest, config_hash, git_revision, versions, write_json
@@ -301,7 +301,8 @@ def run_step(ab: Ablation, step: Step, index: int, parent_key: str | None, paren
     if step.stage != "mixed":
         pool_key, pool = ab.pool(step.teacher, step.temperature, ab.n_questions(step.questions))
     # a retrained parent (new weights at the same path) or any changed training setting is a new step
-    parent_weights = model_fingerprint(str(parent_dir / "checkpoints" / "hf" / "final")) if parent_dir else None
+    parent_weights = model_fingerprint(str(parent_dir / "checkpoints" / "hf" / "final"), full=True) \
+        if parent_dir else None
     key = ab.step_key(step, parent_key, pool_key, ab.train_config_hash(step, parent_dir, pool, question_runs),
                       parent_weights)
     folder = ab.step_dir(key)

@@ -16,7 +16,7 @@ from dasd.eval.results import (
     TABLE_COLUMNS,
     grade_question,
     logged_scalars,
-    model_fingerprint,
+    mtime_fingerprint,
     plot_eval,
     resume_rows,
     summarize,
@@ -25,6 +25,7 @@ from dasd.eval.results import (
 from dasd.eval.tasks import load_task
 from dasd.generation.engine import SamplingConfig
 from dasd.generation.identity import engine_identity
+from dasd.utils.hashing import model_fingerprint
 from dasd.utils.logging import get_logger
 from dasd.utils.run import Manifest, config_hash, git_revision, versions
 from dasd.utils.runlock import run_lock
@@ -72,11 +73,12 @@ def _evaluate(cfg: DictConfig) -> dict:
     if not items:
         raise ValueError(f"task {task!r}: no questions in {cfg.task.path} (loader report: {report})")
     task_key = {k_: v for k_, v in config["task"].items() if k_ != "limit"}  # more questions: keep the done ones
-    key = config_hash({"model": cfg.model, "weights": model_fingerprint(cfg.model), "task": task_key, "k": k,
-                       "seed": cfg.seed, "system_prompt": cfg.system_prompt, "sampling": config["sampling"],
-                       "chat_template_kwargs": config["chat_template_kwargs"],
-                       "engine": engine_identity(config["engine"])})  # batch size etc. may change on a resume
-    rows = resume_rows(run_dir, key, items, bool(cfg.resume), bool(cfg.get("overwrite", False)))
+    settings = {"model": cfg.model, "task": task_key, "k": k, "seed": cfg.seed, "system_prompt": cfg.system_prompt,
+                "sampling": config["sampling"], "chat_template_kwargs": config["chat_template_kwargs"],
+                "engine": engine_identity(config["engine"])}  # batch size etc. may change on a resume
+    key = config_hash({**settings, "weights": model_fingerprint(str(cfg.model), full=True)})
+    legacy = config_hash({**settings, "weights": mtime_fingerprint(cfg.model)})  # dasd before content keys
+    rows = resume_rows(run_dir, key, items, bool(cfg.resume), bool(cfg.get("overwrite", False)), (legacy,))
     done = {r["id"] for r in rows}
     todo = [it for it in items if it.id not in done]
     log.info("evaluating %s on %s: %d questions x k=%d, T=%.1f, top_p=%.1f, max_tokens=%d (%d already done)",

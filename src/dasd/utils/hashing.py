@@ -20,10 +20,18 @@ def stable_hash(obj: Any, n: int = 16, *, sort_keys: bool = True, ensure_ascii: 
     return hashlib.sha256(body.encode()).hexdigest()[:n]
 
 
-def model_fingerprint(name_or_path: str) -> str:
-    """Identifies a model's weights by content, cheaply: for a local folder ``dir:`` and a digest of
-    ``config.json`` and each weight file's name, size and first MiB (new weights at the same path are another
-    model); for a hub id ``hub:<id>`` (pin a revision by passing a local snapshot path)."""
+def model_fingerprint(name_or_path: str, *, full: bool = False) -> str:
+    """Identifies a model's weights by content; for a hub id ``hub:<id>`` (pin a revision by passing a local
+    snapshot path). A local folder: ``config.json`` and each weight file's name and size, plus
+
+    * ``full=False`` (``dir:<16 hex>``): each file's first MiB. Cheap, for keys that are computed often
+      (DAS score stores, teacher identities, round specs); two checkpoints that differ only past the first
+      MiB of every file would share it.
+    * ``full=True`` (``sha256:<16 hex>``): every byte (about a second per GB). For keys that must tell any
+      two checkpoints apart: an evaluation's resume key, an ablation step's parent.
+
+    Neither depends on where the folder is or when its files were written: a copied checkpoint is the same
+    model."""
     path = Path(name_or_path)
     if not path.is_dir():
         return f"hub:{name_or_path}"
@@ -32,8 +40,12 @@ def model_fingerprint(name_or_path: str) -> str:
         if f.name == "config.json" or f.suffix in WEIGHT_SUFFIXES:
             digest.update(f"{f.name}:{f.stat().st_size}".encode())
             with f.open("rb") as fh:
-                digest.update(fh.read(1 << 20))
-    return f"dir:{digest.hexdigest()[:16]}"
+                if not full:
+                    digest.update(fh.read(1 << 20))
+                    continue
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    digest.update(block)
+    return f"{'sha256' if full else 'dir'}:{digest.hexdigest()[:16]}"
 
 
 def weights_digest(folder: str | Path) -> str:
