@@ -23,7 +23,6 @@ from dasd.eval.results import item_hash
 from dasd.eval.tasks import EvalItem
 from dasd.generation.pipeline import question_hash
 from dasd.generation.questions import Question
-from dasd.mixed.revise import spec_hash
 from dasd.mixed.round import build_spec
 from dasd.models.student import asset_path
 from dasd.training.stages import training_config_hash
@@ -80,7 +79,7 @@ def stable_hashes() -> dict[str, str]:
         "config_hash": config_hash({"b": 1, "a": {"y": [1, 2], "x": None}, "p": Path("/x")}),
         "cache_key": cache_key(tokenizer="abc", files=["a", "b"], cutoff=512, path=Path("/p")),
         "store_key": store_key(teacher="t", student="s", beta=0.1),
-        "spec_hash": spec_hash(spec),
+        "spec_hash": spec.hash(),
         "question_hash": question_hash(q),
         "item_hash": item_hash(item),
         "model_fingerprint": model_fingerprint(tiny),

@@ -15,6 +15,7 @@ from dasd.generation.engine import Sample
 from dasd.mixed import revise
 from dasd.mixed import round as round_mod
 from dasd.mixed.revise import continuation_budget, run_continue
+from dasd.mixed.spec import RoundSpec
 from dasd.models.student import asset_path, load_tokenizer
 from dasd.utils.io import write_jsonl
 
@@ -82,7 +83,9 @@ def _round(tmp_path, tok, cutoff_len: int | None, max_tokens: int = 64):
                          "finish_reason": "stop" if i == 6 else "length", "seed": i, "text": text, "token_ids": ids})
         questions.append(q)
     spec = {"round": 1, "seed": 3, "cap_factor": 1.5, "batch_size": 4, "cutoff_len": cutoff_len,
-            "student": {"model": asset_path("tiny_qwen3"), "system_prompt": SYSTEM, "end_of_turn": "auto"},
+            "student": {"model": asset_path("tiny_qwen3"), "fingerprint": "dir:test", "engine": "hf",
+                        "engine_args": {}, "temperature": 1.0, "top_p": 1.0, "system_prompt": SYSTEM,
+                        "end_of_turn": "auto"},
             "teacher": {"model": "stand-in", "format": "plain", "engine": "hf", "engine_args": {},
                         "system_prompt": None, "chat_template_kwargs": {}, "temperature": 1.0, "top_p": 1.0,
                         "max_tokens": max_tokens},
@@ -91,7 +94,7 @@ def _round(tmp_path, tok, cutoff_len: int | None, max_tokens: int = 64):
     write_jsonl(tmp_path / "questions.jsonl", questions)
     write_jsonl(tmp_path / "rollouts.jsonl", rollouts)
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    return spec, questions
+    return RoundSpec.from_json(spec), questions
 
 
 @pytest.mark.parametrize("cutoff", ["none", "tight"])
@@ -170,12 +173,11 @@ def test_batch_size_changes_neither_the_round_nor_its_reuse(tmp_path, tok, monke
     monkeypatch.setattr(round_mod, "plot_round", lambda stats, path: None)
     (tmp_path / "setup").mkdir()
     spec, questions = _round(tmp_path / "setup", tok, cutoff_len=None)
-    spec["student"] = {**spec["student"], "engine": "hf", "engine_args": {}, "temperature": 1.0, "top_p": 1.0}
     questions = questions[:5]
 
     def run(folder, batch_size):
         batches.clear()
-        round_mod.run_round(folder, questions, {**spec, "batch_size": batch_size}, transport="inprocess")
+        round_mod.run_round(folder, questions, spec.with_batch_size(batch_size), transport="inprocess")
         return (folder / "mixed.jsonl").read_text(), list(batches)
 
     records4, sent4 = run(tmp_path / "a", 4)
@@ -186,3 +188,29 @@ def test_batch_size_changes_neither_the_round_nor_its_reuse(tmp_path, tok, monke
     assert records4 == records2 and len(records4.splitlines()) == 5
     assert run(tmp_path / "a", 16) == (records4, [])  # both phases kept: no engine is sent anything
     assert json.loads((tmp_path / "a" / "spec.json").read_text())["batch_size"] == 16
+
+
+def test_round_spec_round_trips_through_json_and_names_bad_keys():
+    """spec.json is ``to_json``; ``from_json`` gives the same spec back and the same hash; the hash ignores
+    the batch size and follows every other setting; a missing or unknown key is an error that names it."""
+    import dataclasses
+
+    from dasd.mixed.round import build_spec
+
+    settings = {"seed": 7, "cap_factor": 1.5, "batch_size": 4, "require_finished": True, "require_correct": False,
+                "student": {"engine": "hf", "engine_args": {}, "temperature": 1.0, "top_p": 1.0},
+                "teacher": {"model": "t", "format": "plain", "engine": "hf", "engine_args": {}, "system_prompt": None,
+                            "chat_template_kwargs": {}, "temperature": 1.0, "top_p": 1.0, "max_tokens": 64},
+                "cut": {"snap_to_sentence": True, "min_chars": 3}}
+    spec = build_spec(settings, round_index=2, student_model="s", system_prompt=None, end_of_turn="auto",
+                      filters=None, cutoff_len=128).with_questions("ab" * 32)
+    data = json.loads(json.dumps(spec.to_json()))
+    assert RoundSpec.from_json(data) == spec and RoundSpec.from_json(data).hash() == spec.hash()
+    assert spec.with_batch_size(64).hash() == spec.hash()
+    assert dataclasses.replace(spec, seed=8).hash() != spec.hash()
+    assert dataclasses.replace(spec, cut=dataclasses.replace(spec.cut, min_chars=4)).hash() != spec.hash()
+    assert "questions_sha256" not in dataclasses.replace(spec, questions_sha256=None).to_json()
+    with pytest.raises(ValueError, match=r"missing key\(s\) \['teacher.max_tokens'\]"):
+        RoundSpec.from_json({**data, "teacher": {k: v for k, v in data["teacher"].items() if k != "max_tokens"}})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['colour'\]"):
+        RoundSpec.from_json({**data, "colour": "red"})

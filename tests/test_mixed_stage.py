@@ -24,7 +24,6 @@ from dasd.data.datamodule import iter_source_rows, source_rows
 from dasd.data.records import iter_jsonl
 from dasd.mixed import callback as callback_mod
 from dasd.mixed.callback import MixedPolicyRevision
-from dasd.mixed.revise import spec_hash
 from dasd.mixed.round import build_spec
 from dasd.models.student import asset_path
 from dasd.recipes import mixed_stage as stage_mod
@@ -357,7 +356,7 @@ def test_what_a_resume_may_change_keeps_round_0(tmp_path, key):
                           end_of_turn=cfg.data.end_of_turn, cutoff_len=cfg.data.cutoff_len,
                           filters=OmegaConf.to_container(cfg.filters, resolve=True))
         trained = training_config_hash(plain)
-        return trained, spec_hash(spec)
+        return trained, spec.hash()
 
     assert hashes(f"{key}={RESUMABLE_MIXED[key]}") == hashes()
     changed, base = hashes("mixed.cap_factor=2.0"), hashes()  # what the round does counts on both sides

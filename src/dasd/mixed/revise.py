@@ -46,9 +46,9 @@ from dasd.generation.pipeline import TeacherFormat, sample_seed
 from dasd.generation.registry import build_engine
 from dasd.mixed.continuation import assemble, continuation_prompt
 from dasd.mixed.cut import choose_cut
+from dasd.mixed.spec import RoundSpec
 from dasd.models.student import load_tokenizer
 from dasd.text.grading import math_equal
-from dasd.utils.hashing import stable_hash
 from dasd.utils.io import read_jsonl, write_jsonl
 from dasd.utils.logging import get_logger
 
@@ -56,18 +56,6 @@ log = get_logger(__name__)
 
 MIXED_NAMESPACE = uuid.UUID("3f0c6c3e-2b8e-4a51-9f6e-7d1c0a9b5e21")
 PHASES = ("rollout", "continue")
-
-
-# spec keys that set how fast a phase runs, not what it writes (each request carries its own seed, whatever
-# batch it is sent in): a finished phase is kept and the record uuids stay when they change, as a resume of
-# the training may change them (``mixed.batch_size`` is one of the training hash's NON_TRAINING_KEYS)
-THROUGHPUT_KEYS = ("batch_size",)
-
-
-def spec_hash(spec: dict) -> str:
-    """What a round's phases produce from: the spec without ``THROUGHPUT_KEYS``."""
-    core = {k: v for k, v in spec.items() if k not in THROUGHPUT_KEYS}
-    return stable_hash(core, 16)
 
 
 @dataclass
@@ -112,26 +100,26 @@ def _generate(engine: Engine, requests: list[Request], sampling: SamplingConfig,
     return out
 
 
-def run_rollout(spec: dict, folder: Path) -> dict:
+def run_rollout(spec: RoundSpec, folder: Path) -> dict:
     """Phase 1: student rollouts with per-question budgets; writes ``rollouts.jsonl``."""
-    paths, s = RoundPaths(folder), spec["student"]
+    paths, s = RoundPaths(folder), spec.student
     questions = read_jsonl(paths.questions)
     t0 = time.perf_counter()
-    engine = build_engine(s["engine"], s["model"], s.get("engine_args"))
+    engine = build_engine(s.engine, s.model, s.engine_args)
     load_s = time.perf_counter() - t0
-    templater = ChatTemplater(engine.tokenizer, system_prompt=s["system_prompt"], end_of_turn=s["end_of_turn"])
+    templater = ChatTemplater(engine.tokenizer, system_prompt=s.system_prompt, end_of_turn=s.end_of_turn)
     requests, leads = [], []
     for q in questions:
         ids, lead = templater.generation_prompt_ids(q["input"])
-        cap = max(1, math.floor(spec["cap_factor"] * q["response_tokens"]))
+        cap = max(1, math.floor(spec.cap_factor * q["response_tokens"]))
         requests.append(Request(prompt_token_ids=tuple(ids), max_tokens=cap,
-                                seed=sample_seed(spec["seed"], q["uuid"], spec["round"])))
+                                seed=sample_seed(spec.seed, q["uuid"], spec.round)))
         leads.append(lead)
-    sampling = SamplingConfig(temperature=s["temperature"], top_p=s["top_p"],
-                              max_tokens=max((r.max_tokens for r in requests), default=1), seed=spec["seed"])
+    sampling = SamplingConfig(temperature=s.temperature, top_p=s.top_p,
+                              max_tokens=max((r.max_tokens for r in requests), default=1), seed=spec.seed)
     t1 = time.perf_counter()
     try:
-        samples = _generate(engine, requests, sampling, spec["batch_size"], "student rollouts")
+        samples = _generate(engine, requests, sampling, spec.batch_size, "student rollouts")
         gen_s = time.perf_counter() - t1
     finally:
         engine.close()
@@ -142,7 +130,7 @@ def run_rollout(spec: dict, folder: Path) -> dict:
     write_jsonl(paths.rollouts, rows)
     info = {"phase": "rollout", "questions": len(rows), "truncated": sum(r["finish_reason"] == "length" for r in rows),
             "generated_tokens": sum(r["length"] for r in rows), "load_s": round(load_s, 3),
-            "generate_s": round(gen_s, 3), "spec_hash": spec_hash(spec)}
+            "generate_s": round(gen_s, 3), "spec_hash": spec.hash()}
     paths.done("rollout").write_text(json.dumps(info, indent=2))
     log.info("rollouts: %d questions, %d truncated (%.1f%%) in %.1f s", info["questions"], info["truncated"],
              100 * info["truncated"] / max(1, info["questions"]), gen_s)
@@ -174,38 +162,38 @@ class _Correct:
         return None if reference and math_equal(x.output, reference) else f"reference {reference[-80:]!r}"
 
 
-def run_continue(spec: dict, folder: Path) -> dict:
+def run_continue(spec: RoundSpec, folder: Path) -> dict:
     """Phase 2: cut the truncated rollouts, let the teacher continue, assemble, filter; writes ``mixed.jsonl``
     and ``stats.json``."""
-    paths, t = RoundPaths(folder), spec["teacher"]
+    paths, t = RoundPaths(folder), spec.teacher
     questions = {q["uuid"]: q for q in read_jsonl(paths.questions)}
     rollouts = read_jsonl(paths.rollouts)
-    student_tok = load_tokenizer(spec["student"]["model"])
-    templater = ChatTemplater(student_tok, system_prompt=spec["student"]["system_prompt"],
-                              end_of_turn=spec["student"]["end_of_turn"])
+    student_tok = load_tokenizer(spec.student.model)
+    templater = ChatTemplater(student_tok, system_prompt=spec.student.system_prompt,
+                              end_of_turn=spec.student.end_of_turn)
     truncated = [r for r in rollouts if r["finish_reason"] == "length" and r["length"] >= 2]
     cuts, skipped = {}, {"no_clean_cut": [], "prefix_too_long": [], "prefix_format": []}
     for r in truncated:
-        rng = random.Random(sample_seed(spec["seed"], r["uuid"], 1_000_003 + spec["round"]))
+        rng = random.Random(sample_seed(spec.seed, r["uuid"], 1_000_003 + spec.round))
         try:
             cuts[r["uuid"]] = choose_cut(r["token_ids"], student_tok, rng, lead=r["lead"],
-                                         snap_to_sentence=spec["cut"]["snap_to_sentence"],
-                                         min_chars=spec["cut"]["min_chars"])
+                                         snap_to_sentence=spec.cut.snap_to_sentence,
+                                         min_chars=spec.cut.min_chars)
         except ValueError as e:  # e.g. a rollout of continuation bytes only: counted, never silently lost
             skipped["no_clean_cut"].append({"uuid": r["uuid"], "detail": str(e)})
     budgets = {}
     for u, c in cuts.items():
         prefix_tokens = len(templater.generation_prompt_ids(questions[u]["input"])[0]) + c.index
-        budget = continuation_budget(t["max_tokens"], spec.get("cutoff_len"), prefix_tokens)
+        budget = continuation_budget(t.max_tokens, spec.cutoff_len, prefix_tokens)
         if budget >= 1:
             budgets[u] = budget
         else:  # the prefix alone fills the sample: counted, never silently lost
             skipped["prefix_too_long"].append({"uuid": u, "detail": f"{prefix_tokens} student tokens of prompt and "
-                                               f"prefix leave no room under cutoff_len {spec.get('cutoff_len')}"})
-    fmt = TeacherFormat(kind=t["format"], system_prompt=t["system_prompt"],
-                        chat_template_kwargs=dict(t.get("chat_template_kwargs") or {}))
+                                               f"prefix leave no room under cutoff_len {spec.cutoff_len}"})
+    fmt = TeacherFormat(kind=t.format, system_prompt=t.system_prompt,
+                        chat_template_kwargs=dict(t.chat_template_kwargs or {}))
     t0 = time.perf_counter()
-    engine = build_engine(t["engine"], t["model"], t.get("engine_args"))
+    engine = build_engine(t.engine, t.model, t.engine_args)
     load_s = time.perf_counter() - t0
     prompts = {}
     for u in budgets:
@@ -215,12 +203,12 @@ def run_continue(spec: dict, folder: Path) -> dict:
             skipped["prefix_format"].append({"uuid": u, "detail": str(e)})
     order = list(prompts)
     requests = [Request(prompt_token_ids=tuple(prompts[u].token_ids), max_tokens=budgets[u],
-                        seed=sample_seed(spec["seed"], u, 2_000_003 + spec["round"])) for u in order]
-    sampling = SamplingConfig(temperature=t["temperature"], top_p=t["top_p"], max_tokens=t["max_tokens"],
-                              seed=spec["seed"])
+                        seed=sample_seed(spec.seed, u, 2_000_003 + spec.round)) for u in order]
+    sampling = SamplingConfig(temperature=t.temperature, top_p=t.top_p, max_tokens=t.max_tokens,
+                              seed=spec.seed)
     t1 = time.perf_counter()
     try:
-        conts = dict(zip(order, _generate(engine, requests, sampling, spec["batch_size"], "teacher continuations"),
+        conts = dict(zip(order, _generate(engine, requests, sampling, spec.batch_size, "teacher continuations"),
                          strict=True))
         gen_s = time.perf_counter() - t1
         t2 = time.perf_counter()  # assembly, filters and records from here
@@ -232,10 +220,10 @@ def run_continue(spec: dict, folder: Path) -> dict:
     # "finished" = the continuation stopped on its own (finish_reason), for harmony with a final answer too
     # (has_final): the curation filter ``truncated``, reported under its own name
     unfinished = TruncatedFilter(TruncatedConfig(require_final=fmt.kind == "harmony"), name="continuation_unfinished")
-    filters = [unfinished] if spec["require_finished"] else []
-    if spec["filters"] and spec["filters"].get("order"):
-        filters += build_filters(FilterConfig.from_dict(spec["filters"]), count=token_counter(templater))
-    if spec["require_correct"]:
+    filters = [unfinished] if spec.require_finished else []
+    if spec.filters and spec.filters.get("order"):
+        filters += build_filters(FilterConfig.from_dict(spec.filters), count=token_counter(templater))
+    if spec.require_correct:
         filters.append(_Correct({u: questions[u].get("reference") or "" for u in order}))
     report = FilterReport(order=[f.name for f in filters])
     inputs = [FilterInput(uuid=u, output=assembled[u].output, input=questions[u]["input"],
@@ -252,28 +240,28 @@ def run_continue(spec: dict, folder: Path) -> dict:
             "continuation_finished": sum(c.finish_reason == "stop" for c in conts.values()),
             "kept": len(records), "filters": report.summary(), "load_s": round(load_s, 3),
             "generate_s": round(gen_s, 3), "filter_s": round(filter_s, 3),
-            "continuation_tokens": sum(len(c.token_ids) for c in conts.values()), "spec_hash": spec_hash(spec)}
+            "continuation_tokens": sum(len(c.token_ids) for c in conts.values()), "spec_hash": spec.hash()}
     paths.done("continue").write_text(json.dumps(info, indent=2))
     stats = round_stats(spec, rollouts, cuts, assembled, info, read_done(folder, "rollout"))
     paths.stats.write_text(json.dumps(stats, indent=2))
-    log.info("mixed-policy round %d: %d truncated, %d continued, %d kept (%s)", spec["round"], len(truncated),
+    log.info("mixed-policy round %d: %d truncated, %d continued, %d kept (%s)", spec.round, len(truncated),
              len(order), len(records), {n: v["dropped"] for n, v in report.summary()["filters"].items()})
     return info
 
 
-def _record(spec: dict, q: dict, cut, a, cont, teacher_name: str, cap: int, budget: int) -> dict:
+def _record(spec: RoundSpec, q: dict, cut, a, cont, teacher_name: str, cap: int, budget: int) -> dict:
     """A training record in the released format; the provenance and the boundary live in ``meta``."""
     try:
         meta = json.loads(q["meta"]) if q.get("meta") else {}
     except json.JSONDecodeError:
         meta = {"raw": q["meta"]}
-    meta = {**(meta if isinstance(meta, dict) else {}), "kind": "mixed_policy", "round": spec["round"],
+    meta = {**(meta if isinstance(meta, dict) else {}), "kind": "mixed_policy", "round": spec.round,
             "source_uuid": q["uuid"], STUDENT_PREFIX_KEY: a.boundary,
             "cut": {"length": cut.length, "raw": cut.raw, "index": cut.index, "snapped": cut.snapped},
-            "student_model": spec["student"]["model"], "teacher_model": teacher_name,
+            "student_model": spec.student.model, "teacher_model": teacher_name,
             "teacher_response_tokens": q["response_tokens"],
             "cap": cap, "continuation_budget": budget}
-    return {"uuid": str(uuid.uuid5(MIXED_NAMESPACE, f"{q['uuid']}/{spec['round']}/{spec_hash(spec)}")),
+    return {"uuid": str(uuid.uuid5(MIXED_NAMESPACE, f"{q['uuid']}/{spec.round}/{spec.hash()}")),
             "input": q["input"], "output": a.output, "domain": q["domain"], "meta": json.dumps(meta),
             "finish_reason": cont.finish_reason, "has_tool_call": a.has_tool_call,
             "teacher_token_ids": cont.token_ids, "teacher_logprobs": cont.logprobs}
@@ -284,7 +272,7 @@ def read_done(folder: Path, phase: str) -> dict | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-def round_stats(spec: dict, rollouts: list[dict], cuts: dict, assembled: dict, cont: dict,
+def round_stats(spec: RoundSpec, rollouts: list[dict], cuts: dict, assembled: dict, cont: dict,
                 rollout: dict | None) -> dict:
     """Everything a user checks about a round: truncation against teacher length (Fig. 7), cut positions,
     the filter funnel and the time of each part."""
@@ -294,8 +282,8 @@ def round_stats(spec: dict, rollouts: list[dict], cuts: dict, assembled: dict, c
     final = [c.index / c.length for c in cuts.values()]
     boundary = [a.boundary / max(1, len(a.output)) for a in assembled.values()]
     return {
-        "round": spec["round"], "student": spec["student"]["model"], "teacher": spec["teacher"]["model"],
-        "cap_factor": spec["cap_factor"], "questions": n, "truncated": len(trunc), "truncation_rate": len(trunc) / max(1, n),
+        "round": spec.round, "student": spec.student.model, "teacher": spec.teacher.model,
+        "cap_factor": spec.cap_factor, "questions": n, "truncated": len(trunc), "truncation_rate": len(trunc) / max(1, n),
         "rollout_tokens_mean": sum(r["length"] for r in rollouts) / max(1, n),
         "teacher_tokens_mean": sum(r["teacher_tokens"] for r in rollouts) / max(1, n),
         "continued": cont["continued"], "skipped": cont["skipped"],
@@ -319,9 +307,9 @@ def run_phase(phase: str, spec_path: str | Path) -> dict:
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
     folder = Path(spec_path).parent
-    spec = json.loads(Path(spec_path).read_text())
+    spec = RoundSpec.from_json(json.loads(Path(spec_path).read_text()))
     done = read_done(folder, phase)
-    if done is not None and done.get("spec_hash") == spec_hash(spec):
+    if done is not None and done.get("spec_hash") == spec.hash():
         log.info("mixed-policy %s phase already done in %s", phase, folder)
         return done
     return run_rollout(spec, folder) if phase == "rollout" else run_continue(spec, folder)

@@ -21,7 +21,8 @@ from pathlib import Path
 from filelock import FileLock
 
 from dasd.mixed.report import plot_round
-from dasd.mixed.revise import PHASES, RoundPaths, run_phase, spec_hash
+from dasd.mixed.revise import PHASES, RoundPaths, run_phase
+from dasd.mixed.spec import CutSpec, RoundSpec, StudentRole, TeacherRole
 from dasd.utils.child import child_env, run_child
 from dasd.utils.hashing import model_fingerprint
 from dasd.utils.io import write_jsonl
@@ -41,31 +42,31 @@ def draw(items: list[dict], n: int | None, seed: int) -> list[dict]:
 
 
 def build_spec(settings: dict, *, round_index: int, student_model: str, system_prompt: str | None,
-               end_of_turn: str, filters: dict | None, cutoff_len: int | None = None) -> dict:
-    """The JSON spec of a round from the ``mixed`` config (see conf/mixed/default.yaml); ``run_round`` adds
-    the hash of the round's questions. ``cutoff_len`` (``data.cutoff_len``, student tokens of a templated
-    sample) bounds each teacher continuation (``revise.continuation_budget``); None: no bound. ``batch_size``
-    (requests per engine call) is outside the spec's hash (``revise.THROUGHPUT_KEYS``): each request carries
+               end_of_turn: str, filters: dict | None, cutoff_len: int | None = None) -> RoundSpec:
+    """The spec of a round from the ``mixed`` config (see conf/mixed/default.yaml); ``run_round`` adds the
+    hash of the round's questions. ``cutoff_len`` (``data.cutoff_len``, student tokens of a templated sample)
+    bounds each teacher continuation (``revise.continuation_budget``); None: no bound. ``batch_size``
+    (requests per engine call) is outside the spec's hash (``spec.THROUGHPUT_KEYS``): each request carries
     its own seed, and the training hash ignores it too, so a resume that changes it keeps the finished
     round."""
     s, t = settings["student"], settings["teacher"]
     for role, part in (("student", s), ("teacher", t)):  # spec.json and the training manifest hold them
         refuse_secrets(dict(part.get("engine_args") or {}), where=f"mixed.{role}.engine_args")
-    return {
-        "round": round_index, "seed": settings["seed"], "cap_factor": settings["cap_factor"],
-        "batch_size": settings["batch_size"], "cutoff_len": None if cutoff_len is None else int(cutoff_len),
-        "student": {"model": str(student_model), "fingerprint": model_fingerprint(str(student_model)),
-                    "engine": s["engine"], "engine_args": dict(s.get("engine_args") or {}),
-                    "temperature": s["temperature"], "top_p": s["top_p"], "system_prompt": system_prompt,
-                    "end_of_turn": end_of_turn},
-        "teacher": {"model": str(t["model"]), "format": t["format"], "engine": t["engine"],
-                    "engine_args": dict(t.get("engine_args") or {}), "system_prompt": t.get("system_prompt"),
-                    "chat_template_kwargs": dict(t.get("chat_template_kwargs") or {}),
-                    "temperature": t["temperature"], "top_p": t["top_p"], "max_tokens": t["max_tokens"]},
-        "cut": {"snap_to_sentence": settings["cut"]["snap_to_sentence"], "min_chars": settings["cut"]["min_chars"]},
-        "filters": filters, "require_finished": settings["require_finished"],
-        "require_correct": settings["require_correct"],
-    }
+    return RoundSpec(
+        round=round_index, seed=settings["seed"], cap_factor=settings["cap_factor"],
+        batch_size=settings["batch_size"], cutoff_len=None if cutoff_len is None else int(cutoff_len),
+        student=StudentRole(model=str(student_model), fingerprint=model_fingerprint(str(student_model)),
+                            engine=s["engine"], engine_args=dict(s.get("engine_args") or {}),
+                            temperature=s["temperature"], top_p=s["top_p"], system_prompt=system_prompt,
+                            end_of_turn=end_of_turn),
+        teacher=TeacherRole(model=str(t["model"]), format=t["format"], engine=t["engine"],
+                            engine_args=dict(t.get("engine_args") or {}), system_prompt=t.get("system_prompt"),
+                            chat_template_kwargs=dict(t.get("chat_template_kwargs") or {}),
+                            temperature=t["temperature"], top_p=t["top_p"], max_tokens=t["max_tokens"]),
+        cut=CutSpec(snap_to_sentence=settings["cut"]["snap_to_sentence"], min_chars=settings["cut"]["min_chars"]),
+        filters=filters, require_finished=settings["require_finished"],
+        require_correct=settings["require_correct"],
+    )
 
 
 def _child(phase: str, spec_path: Path, python: str | None) -> float:
@@ -78,7 +79,7 @@ def _child(phase: str, spec_path: Path, python: str | None) -> float:
     return proc.seconds
 
 
-def run_round(folder: Path, questions: list[dict], spec_base: dict, *, transport: str = "subprocess",
+def run_round(folder: Path, questions: list[dict], spec_base: RoundSpec, *, transport: str = "subprocess",
               python: str | None = None) -> dict:
     """Write the questions and spec into ``folder``, run both phases (skipping ones already done with this
     spec's hash), plot, and return the round's statistics (``stats.json``) with the wall time of each
@@ -89,15 +90,15 @@ def run_round(folder: Path, questions: list[dict], spec_base: dict, *, transport
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder / "round.lock")):  # DDP ranks and parallel jobs: one runs the round
         body = "".join(json.dumps(q, ensure_ascii=False) + "\n" for q in questions)
-        spec = {**spec_base, "questions_sha256": hashlib.sha256(body.encode()).hexdigest()}
+        spec = spec_base.with_questions(hashlib.sha256(body.encode()).hexdigest())
         current = json.loads(paths.spec.read_text()) if paths.spec.is_file() else None
-        if current != spec:
+        if current != spec.to_json():
             write_jsonl(paths.questions, questions)
-            paths.spec.write_text(json.dumps(spec, indent=2))
+            paths.spec.write_text(json.dumps(spec.to_json(), indent=2))
         walls = {}
         for phase in PHASES:
             done = json.loads(paths.done(phase).read_text()) if paths.done(phase).is_file() else {}
-            if done.get("spec_hash") == spec_hash(spec):
+            if done.get("spec_hash") == spec.hash():
                 walls[phase] = done.get("wall_s")
                 continue
             t0 = time.perf_counter()

@@ -43,7 +43,7 @@ from dasd.ablation.steps import (
     parse_steps,
     record_step,
 )
-from dasd.config import register_resolvers
+from dasd.config import quote_numeric_choices, register_resolvers
 from dasd.generation.questions import read_questions
 from dasd.recipes import world as world_build
 from dasd.recipes.evaluate import evaluate
@@ -246,8 +246,7 @@ class Ablation:
         else:
             values.update({"data.path": str(pool), "stage.temperature": step.temperature,
                            "train.epochs": int(b["epochs"])})
-        stage = {"1": "'1'", "2": "'2'", "mixed": "mixed"}[step.stage]  # quoted: a group option, not an int
-        choices = [f"stage={stage}", f"sampler={step.sampler or 'random'}", f"logger={self.cfg.logger.name}",
+        choices = [*quote_numeric_choices([f"stage={step.stage}"]), f"sampler={step.sampler or 'random'}", f"logger={self.cfg.logger.name}",
                    "eval=none", *self.train_overrides]
         return compose("train", choices, values)
 
