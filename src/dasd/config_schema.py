@@ -13,7 +13,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from dasd.generation.registry import ENGINES
 from dasd.utils.wandb import WANDB_MODES
@@ -172,9 +181,22 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
 
+def _check_targets(section: BaseModel) -> BaseModel:
+    """Entries beside a group's own keys are objects to build: each needs a ``_target_`` (a dotted path)."""
+    for key, value in (section.model_extra or {}).items():
+        if isinstance(value, dict) and not isinstance(value.get("_target_"), str):
+            raise ValueError(f"{key}: an entry here is built from its _target_ (a dotted class path), "
+                             f"which it lacks")
+    return section
+
+
 class Logger(Section):
+    """The main logger (``name`` and its W&B settings) and any number of loggers built from ``_target_``."""
+
     name: _choice(LOGGERS)
     mode: _choice(WANDB_MODES) = "auto"
+
+    _targets = model_validator(mode="after")(_check_targets)
 
 
 # ---------------------------------------------------------------- train.py
@@ -296,7 +318,11 @@ class MixedPolicy(Section):
 
 
 class Callbacks(Section):
+    """Callbacks built from ``_target_`` (``mixed_policy``, ``lr_monitor``, a user's own)."""
+
     mixed_policy: MixedPolicy | None = None
+
+    _targets = model_validator(mode="after")(_check_targets)
 
 
 class EvalAtEnd(Section):

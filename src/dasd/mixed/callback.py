@@ -44,10 +44,12 @@ class MixedPolicyRevision(L.Callback):
         every_n_epochs: revise after every n-th epoch.
     """
 
-    def __init__(self, datamodule: SFTDataModule, run_dir: str | Path, hf_dir: str | Path, settings: dict,
+    def __init__(self, datamodule: SFTDataModule, run_dir: str | Path, hf_dir: str | Path, mixed: dict,
                  filters: dict | None, optim: OptimConfig, every_n_epochs: int = 1) -> None:
+        """``mixed``: the ``mixed`` group's settings; ``filters``: the ``filters`` group (None: no filter);
+        built from ``conf/callbacks/mixed_policy.yaml`` with the run's values (dasd.recipes.components)."""
         self.dm, self.run_dir, self.hf_dir = datamodule, Path(run_dir), Path(hf_dir)
-        self.settings, self.filters, self.optim, self.every = settings, filters, optim, max(1, every_n_epochs)
+        self.settings, self.filters, self.optim, self.every = mixed, filters, optim, max(1, every_n_epochs)
         self.round: int | None = None  # the round whose samples the current data holds
         self.total_steps: int | None = None  # the stretched schedule length
         self.warmup: int | None = None

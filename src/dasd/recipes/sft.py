@@ -17,10 +17,10 @@ from dasd.config_checks import check_train
 from dasd.das import artifacts as das_artifacts
 from dasd.data.datamodule import SFTDataModule
 from dasd.eval.callback import EvaluateAtEnd
-from dasd.mixed.callback import MixedPolicyRevision
 from dasd.mixed.report import log_round
 from dasd.models.student import StudentSpec, load_tokenizer
 from dasd.recipes import mixed_stage
+from dasd.recipes.components import LOGGER_SETTINGS, instantiate_entries
 from dasd.recipes.data import datamodule
 from dasd.training.callbacks import HFCheckpoint, MetricsFile, ResumeCheckpoint, RunIdentity
 from dasd.training.loggers import build_loggers
@@ -44,18 +44,24 @@ def _mixed_policy(cfg: DictConfig) -> dict | None:
     return OmegaConf.to_container(node.mixed_policy, resolve=True) if node.get("mixed_policy") else None
 
 
+def _context(cfg: DictConfig, plan: StagePlan, tokenizer, dm: SFTDataModule) -> dict:
+    """What a callback or logger from the config may take by parameter name (dasd.recipes.components)."""
+    return {"run_dir": plan.run_dir, "checkpoint_dir": plan.run_dir / "checkpoints",
+            "hf_dir": plan.run_dir / "checkpoints" / "hf", "datamodule": dm, "tokenizer": tokenizer,
+            "mixed": OmegaConf.to_container(cfg.mixed, resolve=True),
+            "filters": OmegaConf.to_container(cfg.filters, resolve=True) if cfg.filters.order else None,
+            "optim": OptimConfig(**OmegaConf.to_container(cfg.optim)), "config": plan.config}
+
+
 def _callbacks(cfg: DictConfig, plan: StagePlan, tokenizer, dm: SFTDataModule) -> list[L.Callback]:
     ckpt_dir = plan.run_dir / "checkpoints"
     callbacks: list[L.Callback] = [ResumeCheckpoint(ckpt_dir, cfg.train.save_every_n_steps)]
     callbacks += [HFCheckpoint(ckpt_dir / "hf", tokenizer, keep=cfg.train.keep_hf_checkpoints),
                   MetricsFile(str(plan.run_dir), plot_every_n_steps=cfg.train.plot_every_n_steps),
                   RunIdentity(plan.wandb_run_id, plan.config_hash)]
-    revision = _mixed_policy(cfg)
-    if revision is not None:  # after HFCheckpoint: it revises with the epoch's exported weights
-        callbacks.append(MixedPolicyRevision(
-            dm, plan.run_dir, ckpt_dir / "hf", OmegaConf.to_container(cfg.mixed, resolve=True),
-            OmegaConf.to_container(cfg.filters, resolve=True) if cfg.filters.order else None,
-            OptimConfig(**OmegaConf.to_container(cfg.optim)), every_n_epochs=revision.get("every_n_epochs", 1)))
+    # the callbacks group's _target_ entries come after HFCheckpoint (mixed_policy revises with the epoch's
+    # exported weights) and before EvaluateAtEnd
+    callbacks += instantiate_entries(cfg.get("callbacks"), _context(cfg, plan, tokenizer, dm), "callbacks")
     if cfg.get("eval"):  # eval=default; after HFCheckpoint, whose on_train_end writes checkpoints/hf/final
         callbacks.append(EvaluateAtEnd(plan.run_dir, ckpt_dir / "hf" / "final", OmegaConf.to_container(
             cfg.eval, resolve=True), root_dir=cfg.paths.root_dir, experiment_name=cfg.experiment_name))
@@ -78,6 +84,10 @@ def _trainer(cfg: DictConfig, plan: StagePlan, tokenizer, strategy, dm: SFTDataM
                             group=cfg.experiment_name, tags=list(cfg.tags), config=plan.config,
                             project=cfg.logger.get("project", "dasd"), entity=cfg.logger.get("entity"),
                             mode=cfg.logger.get("mode", "auto"))
+    extra = instantiate_entries(cfg.logger, _context(cfg, plan, tokenizer, dm), "logger", skip=LOGGER_SETTINGS)
+    for lg in extra:  # the main logger got the config from build_loggers
+        lg.log_hyperparams(plan.config)
+    loggers += extra
     return L.Trainer(**OmegaConf.to_container(cfg.trainer), strategy=strategy, logger=loggers or False,
                      callbacks=_callbacks(cfg, plan, tokenizer, dm), max_epochs=cfg.train.epochs,
                      reload_dataloaders_every_n_epochs=1 if _mixed_policy(cfg) else 0,

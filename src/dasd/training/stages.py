@@ -70,8 +70,11 @@ def training_config_hash(config: dict) -> str:
         mask = (core.pop("mixed", None) or {}).get("mask_student_prefix")
         if mask:
             core["mixed"] = {"mask_student_prefix": mask}
-    if not core.get("callbacks"):
-        core.pop("callbacks", None)
+    # callbacks count only as mixed_policy's settings (it changes the data); other callbacks from the config
+    # (a learning-rate monitor) may change on a resume, as loggers may
+    revision = (core.pop("callbacks", None) or {}).get("mixed_policy")
+    if revision:
+        core["callbacks"] = {"mixed_policy": {k: v for k, v in revision.items() if k != "_target_"}}
     load = (core.get("student") or {}).get("load") or {}
     if load.get("init") == "pretrained":  # the default, as before the key existed
         load.pop("init")
