@@ -42,7 +42,8 @@ def test_callbacks_keep_their_order_and_get_the_runs_values(tmp_path, tokenizer,
     revision = callbacks[4]
     assert revision.dm is dm and revision.run_dir == plan.run_dir and revision.every == 1
     assert revision.hf_dir == plan.run_dir / "checkpoints" / "hf"
-    assert revision.settings == OmegaConf.to_container(cfg.mixed, resolve=True)
+    assert revision.settings == OmegaConf.to_container(cfg.mixed, resolve=True) and type(revision.settings) is dict
+    assert type(revision.filters) is dict  # plain, as spec.json and the manifest need them
     assert revision.optim.lr == cfg.optim.lr and revision.filters["order"] == list(cfg.filters.order)
 
 

@@ -46,8 +46,9 @@ def instantiate_entries(node: Mapping | None, context: dict[str, Any], group: st
             params = {}
         extra = {k: v for k, v in context.items() if k in params and k not in entry}
         plain = OmegaConf.to_container(entry, resolve=True) if isinstance(entry, DictConfig) else dict(entry)
-        try:
-            out.append(instantiate(plain, **extra))
+        try:  # the entry's own arguments as plain dicts and lists; the run's values passed as they are
+            build = instantiate(plain, _partial_=True, _convert_="all")
         except InstantiationException as e:
             raise ValueError(f"{where}: {e}") from None
+        out.append(build(**extra))
     return out
