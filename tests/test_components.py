@@ -19,6 +19,7 @@ from dasd.eval.callback import EvaluateAtEnd
 from dasd.mixed.callback import MixedPolicyRevision
 from dasd.recipes import sft
 from dasd.recipes.components import instantiate_entries
+from dasd.recipes.stage import stage_settings
 from dasd.training.callbacks import HFCheckpoint, MetricsFile, ResumeCheckpoint, RunIdentity
 from dasd.training.stages import plan_stage, training_config_hash
 
@@ -34,7 +35,7 @@ def test_callbacks_keep_their_order_and_get_the_runs_values(tmp_path, tokenizer,
     epoch export it revises), then the evaluation at the end and the progress bar: the order of before."""
     cfg = compose_cfg(["stage=2", f"stage.init_from={tiny_path}", "callbacks=mixed_policy", "eval=default", "logger=none",
                        "trainer.enable_progress_bar=true"], tmp_path)
-    plan = plan_stage(cfg)
+    plan = plan_stage(stage_settings(cfg))
     dm = object()
     callbacks = sft._callbacks(cfg, plan, tokenizer, dm)
     assert [type(c) for c in callbacks] == [ResumeCheckpoint, HFCheckpoint, MetricsFile, RunIdentity,

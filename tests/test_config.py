@@ -216,6 +216,7 @@ def test_kernel_choices_and_default_init_leave_the_training_hash_alone(tmp_path)
     """The attention implementation (each isolates samples) and `init: pretrained` (the default, absent from
     older configs) do not change what a run trains, so a run started before these keys existed resumes;
     `init: random` does change it, and is refused for a stage that starts from a checkpoint."""
+    from dasd.recipes.stage import stage_settings
     from dasd.training.stages import resolve_init, training_config_hash
 
     def h(*overrides):
@@ -226,4 +227,4 @@ def test_kernel_choices_and_default_init_leave_the_training_hash_alone(tmp_path)
     assert h("student=qwen3_4b_instruct_2507", "~student.load.init") == base
     assert h("student=qwen3_4b_instruct_2507", "student.load.init=random") != base
     with pytest.raises(ValueError, match="init=random would discard the weights stage 2 starts from"):
-        resolve_init(compose_cfg(["stage=2", "+student.load.init=random"], tmp_path))
+        resolve_init(stage_settings(compose_cfg(["stage=2", "+student.load.init=random"], tmp_path)))

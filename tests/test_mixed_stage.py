@@ -27,6 +27,7 @@ from dasd.mixed.callback import MixedPolicyRevision
 from dasd.mixed.round import build_spec
 from dasd.models.student import asset_path
 from dasd.recipes import mixed_stage as stage_mod
+from dasd.recipes.stage import stage_settings
 from dasd.training.offload import offload_plan
 from dasd.training.stages import NON_TRAINING_KEYS, plan_stage, training_config_hash
 from dasd.training.strategy import zero3_config
@@ -116,7 +117,7 @@ def ranks(launch: dict, rank: int) -> dict:
 def stage_mixed(tmp_path):
     """A stage=mixed config and the key ``train`` gives its markers (``plan.config_hash``)."""
     cfg = compose_cfg(tmp_path, "stage=mixed", f"stage.init_from={asset_path('tiny_qwen3')}")
-    return cfg, plan_stage(stage_mod.mixed_training_config(cfg)).config_hash
+    return cfg, plan_stage(stage_settings(stage_mod.mixed_training_config(cfg))).config_hash
 
 
 @pytest.mark.parametrize("stale", ["error", "done"])

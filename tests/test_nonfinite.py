@@ -19,6 +19,7 @@ from dasd.config import quote_numeric_choices, register_resolvers
 from dasd.data.datamodule import SFTDataModule
 from dasd.data.selection import RandomSelector
 from dasd.models.student import StudentSpec
+from dasd.recipes.stage import stage_settings
 from dasd.training.callbacks import HFCheckpoint, ResumeCheckpoint
 from dasd.training.module import SFTModule
 from dasd.training.nonfinite import NonFiniteConfig, NonFiniteError, TrainingFailed
@@ -200,12 +201,12 @@ def test_diverged_run_fails_and_later_stages_refuse_it(tmp_path):
     assert not (run_dir / "checkpoints" / "hf").exists()
 
     with pytest.raises(ValueError, match=f"that run failed at optimizer step {failure['step']}"):
-        resolve_init(_compose(["stage=2"], tmp_path, "stage2"))
+        resolve_init(stage_settings(_compose(["stage=2"], tmp_path, "stage2")))
     export = run_dir / "checkpoints" / "hf" / "epoch_0"  # as if an earlier epoch had been exported
     export.mkdir(parents=True)
     (export / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="copy that directory out of"):
-        resolve_init(_compose(["stage=2", f"stage.init_from={export}"], tmp_path, "stage2"))
+        resolve_init(stage_settings(_compose(["stage=2", f"stage.init_from={export}"], tmp_path, "stage2")))
 
 
 def test_bad_settings_are_named():

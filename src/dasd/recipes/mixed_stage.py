@@ -34,6 +34,7 @@ from dasd.data.selection import KeepAllSelector
 from dasd.mixed.round import build_spec, draw, run_round
 from dasd.models.student import load_tokenizer
 from dasd.recipes.data import datamodule
+from dasd.recipes.stage import stage_settings
 from dasd.training.stages import resolve_init
 from dasd.utils.io import read_jsonl, write_jsonl
 from dasd.utils.logging import get_logger
@@ -114,7 +115,7 @@ def prepare_mixed_stage(cfg: DictConfig, key: str | None = None,
 
 def _prepare(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.paths.run_dir)
-    init, _ = resolve_init(cfg)
+    init, _ = resolve_init(stage_settings(cfg))
     tokenizer = load_tokenizer(init)
     m = OmegaConf.to_container(cfg.mixed, resolve=True)
     # one file behind both stages puts its records in both selections: each uuid once, or a question would be

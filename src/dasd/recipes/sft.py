@@ -22,6 +22,7 @@ from dasd.models.student import StudentSpec, load_tokenizer
 from dasd.recipes import mixed_stage
 from dasd.recipes.components import LOGGER_SETTINGS, instantiate_entries
 from dasd.recipes.data import datamodule
+from dasd.recipes.stage import stage_settings
 from dasd.training.callbacks import HFCheckpoint, MetricsFile, ResumeCheckpoint, RunIdentity
 from dasd.training.loggers import build_loggers
 from dasd.training.module import SFTModule
@@ -175,7 +176,7 @@ def _train(cfg: DictConfig) -> dict:
     source_cfg, mixed = cfg, None
     if cfg.stage.get("mixed"):  # stage=mixed trains on mixed/train.jsonl, written by revision round 0 below
         cfg = mixed_stage.mixed_training_config(cfg)
-    plan = plan_stage(cfg)
+    plan = plan_stage(stage_settings(cfg))
     manifest = Manifest(plan.run_dir / "manifest.json")
     if plan.already_completed:
         log.info("stage already completed in %s (resume=auto); nothing to do. Use resume=never to retrain.",

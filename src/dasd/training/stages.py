@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
 
 from dasd.utils.logging import get_logger
 from dasd.utils.run import Manifest, checkpoint_identity, config_hash
@@ -34,6 +33,22 @@ NON_TRAINING_KEYS = ("resume", "logger", "paths", "tags", "train.save_every_n_st
                      "mixed.offload_training_state", "strategy.timeout_minutes", "eval",
                      "student.load.attn_implementation",  # a kernel choice: every choice isolates samples
                      "train.nonfinite", "train.max_skipped_steps")  # a failed run may resume with skip
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """What planning a stage reads (``dasd.recipes.sft.stage_settings`` takes it from the config)."""
+
+    stage_id: str | int
+    init_from: str  # student | auto | an HF directory | a hub id
+    parent_run: str | None  # auto: the run of this experiment whose final checkpoint the stage starts from
+    student: str  # student.name_or_path
+    student_init: str  # student.load.init: pretrained | random
+    run_dir: Path
+    experiment_dir: Path  # paths.output_dir / experiment_name
+    experiment_name: str
+    resume: str  # auto | never | a checkpoint path
+    config: dict  # the resolved config: the manifest's record and the training hash's input
 
 
 @dataclass
@@ -101,24 +116,24 @@ def refuse_failed_parent(stage_id, run_dir: Path, what: str) -> None:
         f"directory out of {run_dir} and give its path as stage.init_from")
 
 
-def resolve_init(cfg: DictConfig) -> tuple[str, dict]:
+def resolve_init(s: StageSettings) -> tuple[str, dict]:
     """The model a stage starts from, and a record of its parent for the manifest."""
-    init = str(cfg.stage.init_from)
-    if init != "student" and cfg.student.get("load", {}).get("init", "pretrained") == "random":
-        raise ValueError(f"student.load.init=random would discard the weights stage {cfg.stage.id} starts from "
+    init = str(s.init_from)
+    if init != "student" and s.student_init == "random":
+        raise ValueError(f"student.load.init=random would discard the weights stage {s.stage_id} starts from "
                          f"(stage.init_from={init}); random init is for a stage that starts from the student")
     if init == "student":
-        return str(cfg.student.name_or_path), {"kind": "student", "init_from": str(cfg.student.name_or_path)}
+        return s.student, {"kind": "student", "init_from": s.student}
     if init == "auto":
-        parent_dir = Path(cfg.paths.output_dir) / cfg.experiment_name / str(cfg.stage.parent_run)
+        parent_dir = s.experiment_dir / str(s.parent_run)
         final = parent_dir / "checkpoints" / "hf" / "final"
         manifest = Manifest(parent_dir / "manifest.json")
-        refuse_failed_parent(cfg.stage.id, parent_dir, f"the final checkpoint of run '{cfg.stage.parent_run}'")
+        refuse_failed_parent(s.stage_id, parent_dir, f"the final checkpoint of run '{s.parent_run}'")
         if not (final / "config.json").is_file() or manifest.status != "completed":
             raise ValueError(
-                f"stage {cfg.stage.id} starts from the final checkpoint of run '{cfg.stage.parent_run}', expected "
+                f"stage {s.stage_id} starts from the final checkpoint of run '{s.parent_run}', expected "
                 f"at {final} (with a completed {parent_dir / 'manifest.json'}), but it is missing. Run that stage "
-                f"first (e.g. `python train.py stage=1 experiment_name={cfg.experiment_name}`), or give a path: "
+                f"first (e.g. `python train.py stage=1 experiment_name={s.experiment_name}`), or give a path: "
                 f"stage.init_from=/path/to/hf_checkpoint")
         return str(final), {"kind": "stage", "init_from": str(final), "run_dir": str(parent_dir),
                             "config_hash": manifest.data.get("config_hash"), "git": manifest.data.get("git")}
@@ -128,7 +143,7 @@ def resolve_init(cfg: DictConfig) -> tuple[str, dict]:
             raise ValueError(f"stage.init_from={init}: not an HF model directory (no config.json)")
         for run_dir in list(path.resolve().parents)[:3]:  # <run>/checkpoints/hf/<name>: its run's manifest
             if (run_dir / "manifest.json").is_file():
-                refuse_failed_parent(cfg.stage.id, run_dir, f"stage.init_from={init}")
+                refuse_failed_parent(s.stage_id, run_dir, f"stage.init_from={init}")
                 break
         return str(path.resolve()), {"kind": "path", "init_from": str(path.resolve())}
     if init.startswith(("/", ".", "~")):
@@ -159,20 +174,19 @@ def _fresh_start(run_dir: Path) -> None:
             p.unlink()
 
 
-def plan_stage(cfg: DictConfig) -> StagePlan:
+def plan_stage(s: StageSettings) -> StagePlan:
     """Decide init, resume and identity of this run; validates the config before any heavy work."""
-    if cfg.stage.id != 1 and cfg.stage.init_from == "student":
-        log.warning("stage %s starts from the raw student", cfg.stage.id)
-    run_dir = Path(cfg.paths.run_dir)
+    if s.stage_id != 1 and s.init_from == "student":
+        log.warning("stage %s starts from the raw student", s.stage_id)
+    run_dir = Path(s.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    plan = StagePlan(run_dir=run_dir, init_from="", config=config, config_hash=training_config_hash(config))
+    plan = StagePlan(run_dir=run_dir, init_from="", config=s.config, config_hash=training_config_hash(s.config))
     try:
-        plan.display_name = str(run_dir.relative_to(Path(cfg.paths.output_dir) / cfg.experiment_name))
+        plan.display_name = str(run_dir.relative_to(s.experiment_dir))
     except ValueError:
         plan.display_name = run_dir.name
     manifest, last = Manifest(run_dir / "manifest.json"), run_dir / "checkpoints" / "last.ckpt"
-    resume = str(cfg.resume)
+    resume = str(s.resume)
     if resume == "never":
         if rank_zero_only.rank == 0:  # DDP re-runs this script for ranks > 0 after rank 0 has started
             _fresh_start(run_dir)
@@ -196,5 +210,5 @@ def plan_stage(cfg: DictConfig) -> StagePlan:
         log.info("resuming from %s (W&B run %s)", plan.resume_ckpt, plan.wandb_run_id)
     if plan.wandb_run_id is None:
         plan.wandb_run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-    plan.init_from, plan.parent = resolve_init(cfg)
+    plan.init_from, plan.parent = resolve_init(s)
     return plan
