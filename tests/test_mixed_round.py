@@ -5,6 +5,7 @@ stand-in engines, whose records and phase reuse do not depend on ``batch_size``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -177,7 +178,7 @@ def test_batch_size_changes_neither_the_round_nor_its_reuse(tmp_path, tok, monke
 
     def run(folder, batch_size):
         batches.clear()
-        round_mod.run_round(folder, questions, spec.with_batch_size(batch_size), transport="inprocess")
+        round_mod.run_round(folder, questions, dataclasses.replace(spec, batch_size=batch_size), transport="inprocess")
         return (folder / "mixed.jsonl").read_text(), list(batches)
 
     records4, sent4 = run(tmp_path / "a", 4)
@@ -193,8 +194,6 @@ def test_batch_size_changes_neither_the_round_nor_its_reuse(tmp_path, tok, monke
 def test_round_spec_round_trips_through_json_and_names_bad_keys():
     """spec.json is ``to_json``; ``from_json`` gives the same spec back and the same hash; the hash ignores
     the batch size and follows every other setting; a missing or unknown key is an error that names it."""
-    import dataclasses
-
     from dasd.mixed.round import build_spec
 
     settings = {"seed": 7, "cap_factor": 1.5, "batch_size": 4, "require_finished": True, "require_correct": False,
@@ -206,7 +205,7 @@ def test_round_spec_round_trips_through_json_and_names_bad_keys():
                       filters=None, cutoff_len=128).with_questions("ab" * 32)
     data = json.loads(json.dumps(spec.to_json()))
     assert RoundSpec.from_json(data) == spec and RoundSpec.from_json(data).hash() == spec.hash()
-    assert spec.with_batch_size(64).hash() == spec.hash()
+    assert dataclasses.replace(spec, batch_size=64).hash() == spec.hash()
     assert dataclasses.replace(spec, seed=8).hash() != spec.hash()
     assert dataclasses.replace(spec, cut=dataclasses.replace(spec.cut, min_chars=4)).hash() != spec.hash()
     assert "questions_sha256" not in dataclasses.replace(spec, questions_sha256=None).to_json()

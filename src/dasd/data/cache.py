@@ -24,14 +24,6 @@ from dasd.data.template import ChatTemplater, TokenizedSample
 from dasd.utils.hashing import stable_hash
 
 
-def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def tokenizer_fingerprint(tokenizer) -> str:
     """Changes whenever the vocabulary, merges, special tokens or chat template change."""
     backend = getattr(tokenizer, "backend_tokenizer", None)

@@ -24,6 +24,7 @@ from dasd.data.selection import KeepAllSelector, question_key
 from dasd.data.sources import SourceReport, TeacherRecord, iter_generated, iter_released, join_logprobs
 from dasd.data.template import ChatTemplater, TokenizedSample, student_prefix_chars
 from dasd.text.grading import reference_answer
+from dasd.utils.hashing import file_sha256
 from dasd.utils.logging import get_logger
 from dasd.utils.steps import optimizer_steps
 
@@ -234,7 +235,7 @@ class SFTDataModule(L.LightningDataModule):
     def _sha256(self, path: str) -> str:
         """Each input file is hashed once (the cache key and the DAS score store both need it)."""
         if path not in self._hashes:
-            self._hashes[path] = cache.file_sha256(path)
+            self._hashes[path] = file_sha256(path)
         return self._hashes[path]
 
     def setup(self, stage: str | None = None) -> None:

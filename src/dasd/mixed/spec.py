@@ -8,7 +8,7 @@ what a finished phase and every record uuid of the round are keyed by: the spec 
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Any
 
 from dasd.utils.hashing import stable_hash
@@ -67,7 +67,7 @@ class RoundSpec:
     filters: dict | None  # the `filters` config the round's samples must pass, or None
     require_finished: bool
     require_correct: bool
-    questions_sha256: str | None = field(default=None)  # set by run_round: the hash of the round's questions
+    questions_sha256: str | None = None  # set by run_round: the hash of the round's questions
 
     def to_json(self) -> dict[str, Any]:
         """The plain dict of ``spec.json`` (``questions_sha256`` only once it is set)."""
@@ -93,9 +93,6 @@ class RoundSpec:
 
     def with_questions(self, sha256: str) -> RoundSpec:
         return replace(self, questions_sha256=sha256)
-
-    def with_batch_size(self, batch_size: int) -> RoundSpec:
-        return replace(self, batch_size=int(batch_size))
 
 
 def _check_keys(cls, data: dict, prefix: str) -> None:

@@ -53,7 +53,7 @@ from dasd.utils.hashing import model_fingerprint
 from dasd.utils.logging import get_logger
 from dasd.utils.paths import config_dir
 from dasd.utils.run import Manifest, config_hash, git_revision, versions, write_json
-from dasd.utils.wandb import logger_mode, open_run
+from dasd.utils.wandb import open_run
 
 log = get_logger(__name__)
 
@@ -398,15 +398,15 @@ def run_row(cfg: DictConfig) -> dict:
 
 def _log_wandb(cfg: DictConfig, run_dir: Path, result: dict) -> None:
     """``logger=wandb``: a run per row (job type ``ablate_row``) with each step's avg@k and a steps table."""
-    if logger_mode(cfg.logger) == "disabled":
-        return
-    import wandb
-
-    rows = ([(0, result["base"])] if result["base"] else []) + list(enumerate(result["steps"], 1))  # base: 0
     config = {"row": result["config"]["row"], "seed": result["seed"], "budget": result["config"]["budget"],
               "steps": result["config"]["steps"]}
     run = open_run(cfg.logger, dir=run_dir, group=cfg.experiment_name, job_type="ablate_row", name=cfg.run_name,
                    tags=["ablate", f"table{result['table']}", str(result["id"])], config=config)
+    if run is None:
+        return
+    import wandb
+
+    rows = ([(0, result["base"])] if result["base"] else []) + list(enumerate(result["steps"], 1))  # base: 0
     final = result["final"]
     scalars = {"final/avg@k": final["avg@k"], "final/truncation_rate": final["truncation_rate"]}
     scalars.update({f"step{i}/avg@k": r["eval"]["avg@k"] for i, r in rows})

@@ -39,10 +39,9 @@ from dasd.utils.steps import optimizer_steps
 log = get_logger(__name__)
 
 
-def _mixed_policy(cfg: DictConfig) -> dict | None:
-    """The ``callbacks=mixed_policy`` settings, or None."""
-    node = cfg.get("callbacks") or {}
-    return OmegaConf.to_container(node.mixed_policy, resolve=True) if node.get("mixed_policy") else None
+def _mixed_policy(cfg: DictConfig) -> bool:
+    """``callbacks=mixed_policy`` is on (its rounds change each epoch's data)."""
+    return bool((cfg.get("callbacks") or {}).get("mixed_policy"))
 
 
 def _context(cfg: DictConfig, plan: StagePlan, tokenizer, dm: SFTDataModule) -> dict:
@@ -54,7 +53,9 @@ def _context(cfg: DictConfig, plan: StagePlan, tokenizer, dm: SFTDataModule) -> 
             "optim": OptimConfig(**OmegaConf.to_container(cfg.optim)), "config": plan.config}
 
 
-def _callbacks(cfg: DictConfig, plan: StagePlan, tokenizer, dm: SFTDataModule) -> list[L.Callback]:
+def _callbacks(cfg: DictConfig, plan: StagePlan, tokenizer, dm: SFTDataModule,
+               context: dict | None = None) -> list[L.Callback]:
+    """``context``: the run's values for the configured callbacks (``_context``; built here when None)."""
     ckpt_dir = plan.run_dir / "checkpoints"
     callbacks: list[L.Callback] = [ResumeCheckpoint(ckpt_dir, cfg.train.save_every_n_steps)]
     callbacks += [HFCheckpoint(ckpt_dir / "hf", tokenizer, keep=cfg.train.keep_hf_checkpoints),
@@ -62,7 +63,8 @@ def _callbacks(cfg: DictConfig, plan: StagePlan, tokenizer, dm: SFTDataModule) -
                   RunIdentity(plan.wandb_run_id, plan.config_hash)]
     # the callbacks group's _target_ entries come after HFCheckpoint (mixed_policy revises with the epoch's
     # exported weights) and before EvaluateAtEnd
-    callbacks += instantiate_entries(cfg.get("callbacks"), _context(cfg, plan, tokenizer, dm), "callbacks")
+    context = context if context is not None else _context(cfg, plan, tokenizer, dm)
+    callbacks += instantiate_entries(cfg.get("callbacks"), context, "callbacks")
     if cfg.get("eval"):  # eval=default; after HFCheckpoint, whose on_train_end writes checkpoints/hf/final
         callbacks.append(EvaluateAtEnd(plan.run_dir, ckpt_dir / "hf" / "final", OmegaConf.to_container(
             cfg.eval, resolve=True), root_dir=cfg.paths.root_dir, experiment_name=cfg.experiment_name))
@@ -85,12 +87,13 @@ def _trainer(cfg: DictConfig, plan: StagePlan, tokenizer, strategy, dm: SFTDataM
                             group=cfg.experiment_name, tags=list(cfg.tags), config=plan.config,
                             project=cfg.logger.get("project", "dasd"), entity=cfg.logger.get("entity"),
                             mode=cfg.logger.get("mode", "auto"))
-    extra = instantiate_entries(cfg.logger, _context(cfg, plan, tokenizer, dm), "logger", skip=LOGGER_SETTINGS)
+    context = _context(cfg, plan, tokenizer, dm)
+    extra = instantiate_entries(cfg.logger, context, "logger", skip=LOGGER_SETTINGS)
     for lg in extra:  # the main logger got the config from build_loggers
         lg.log_hyperparams(plan.config)
     loggers += extra
     return L.Trainer(**OmegaConf.to_container(cfg.trainer), strategy=strategy, logger=loggers or False,
-                     callbacks=_callbacks(cfg, plan, tokenizer, dm), max_epochs=cfg.train.epochs,
+                     callbacks=_callbacks(cfg, plan, tokenizer, dm, context), max_epochs=cfg.train.epochs,
                      reload_dataloaders_every_n_epochs=1 if _mixed_policy(cfg) else 0,
                      accumulate_grad_batches=cfg.train.accumulate, gradient_clip_val=cfg.optim.max_grad_norm,
                      gradient_clip_algorithm="norm", use_distributed_sampler=False,

@@ -20,6 +20,23 @@ def stable_hash(obj: Any, n: int = 16, *, sort_keys: bool = True, ensure_ascii: 
     return hashlib.sha256(body.encode()).hexdigest()[:n]
 
 
+def _feed(digest, path: Path, limit: int | None = None) -> None:
+    """Update ``digest`` with a file's bytes: all of them, or the first ``limit``."""
+    with path.open("rb") as fh:
+        if limit is not None:
+            digest.update(fh.read(limit))
+            return
+        while block := fh.read(1 << 22):
+            digest.update(block)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    _feed(digest, Path(path))
+    return digest.hexdigest()
+
+
 def model_fingerprint(name_or_path: str, *, full: bool = False) -> str:
     """Identifies a model's weights by content; for a hub id ``hub:<id>`` (pin a revision by passing a local
     snapshot path). A local folder: ``config.json`` and each weight file's name and size, plus
@@ -39,12 +56,7 @@ def model_fingerprint(name_or_path: str, *, full: bool = False) -> str:
     for f in sorted(path.iterdir()):
         if f.name == "config.json" or f.suffix in WEIGHT_SUFFIXES:
             digest.update(f"{f.name}:{f.stat().st_size}".encode())
-            with f.open("rb") as fh:
-                if not full:
-                    digest.update(fh.read(1 << 20))
-                    continue
-                for block in iter(lambda: fh.read(1 << 22), b""):
-                    digest.update(block)
+            _feed(digest, f, None if full else 1 << 20)
     return f"{'sha256' if full else 'dir'}:{digest.hexdigest()[:16]}"
 
 
@@ -58,7 +70,5 @@ def weights_digest(folder: str | Path) -> str:
     digest = hashlib.sha256()
     for f in files:
         digest.update(f.name.encode())
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        _feed(digest, f)
     return digest.hexdigest()[:16]
