@@ -41,6 +41,8 @@ EXPECTED_CHECKS = {
     "mixed_round": {"same_counts_every_repeat", "every_question_answered", "no_negative_part",
                     "student_and_teacher_tokens", "kept_records_become_samples", "derived_data_built_afresh",
                     "some_records_kept"},
+    "provenance_scoring": {"scores_finite", "every_response_scored", "every_token_scored",
+                           "store_reload_scores_nothing", "relabel_faster_than_scoring", "memory_meter_reads"},
     "train_mfu": {"every_arm_ran", "step_split_adds_up", "matmul_params_match_linears", "mfu_finite",
                   "flop_formula_6n_matches_counter", "flop_formula_attention_matches_counter",
                   "qwen3_4b_matmul_params"},
@@ -112,6 +114,12 @@ def test_das_scoring_smoke(tmp_path):
     r = run_smoke("das_scoring", tmp_path)
     assert all(x["peak_above_baseline_mb"] > 0 and x["repeats_done"] == 2 for x in r["scoring"]["results"])
     assert all(x["conserves_logprob"] for x in r["alignment"]["results"])
+
+
+@pytest.mark.bench
+def test_provenance_scoring_smoke(tmp_path):
+    r = run_smoke("provenance_scoring", tmp_path)
+    assert all(set(x["models"]) == {"teacher", "student", "distilled"} and x["sentences"] > 0 for x in r["results"])
 
 
 @pytest.mark.bench

@@ -14,6 +14,7 @@ from dasd.das.provenance import (
     UNLABELED,
     LabeledResponse,
     area_delta,
+    bootstrap,
     overall_shares,
     position_shares,
     provenance_codes,
@@ -94,3 +95,43 @@ def test_a_sentence_at_the_very_end_stays_in_the_last_bin_and_bad_input_is_named
     with pytest.raises(ValueError, match="no characters"):
         _response([1], [[0, 0]], 0, True).positions()
     assert area_delta(np.full((2, 4), np.nan), np.zeros((2, 4))) == dict.fromkeys(TYPES)
+
+
+def _resp(codes, correct, n_chars=100):
+    codes = np.asarray(codes, np.int8)
+    k = len(codes)
+    spans = np.stack([np.arange(k) * (n_chars // k), np.arange(k) * (n_chars // k) + 5], axis=1)
+    return LabeledResponse(codes, spans, n_chars, correct)
+
+
+def test_bootstrap_intervals_hold_the_estimate_and_separate_a_clear_difference():
+    rng = np.random.default_rng(0)
+    responses = [_resp(rng.integers(0, 4, 12) if i % 3 else np.full(12, 1 if i % 2 else 3), i % 2 == 0)
+                 for i in range(60)]
+    s = summarize(responses, alpha=0.1, beta=0.1, bins=4)
+    ci = bootstrap(responses, bins=4, resamples=400, seed=1)
+    for t in TYPES:
+        lo, hi = ci["delta"][t]
+        assert lo <= s["delta"][t] <= hi
+        lo, hi = ci["share_gap"][t]
+        assert lo <= s["share_gap"][t] <= hi and lo < hi
+        for g in ("all", "correct", "incorrect"):
+            assert ci["shares"][g][t][0] <= s["shares"][g][t] <= ci["shares"][g][t][1]
+    # every correct response all Teacher, every incorrect one all Boosted: the intervals sit at +1 and -1
+    clear = [_resp(np.full(6, 1 if c else 3), c) for c in [True, False] * 10]
+    ci = bootstrap(clear, bins=3, resamples=200)
+    assert ci["delta"]["teacher"] == [1.0, 1.0] and ci["delta"]["boosted"] == [-1.0, -1.0]
+
+
+def test_bootstrap_moves_a_questions_responses_together():
+    """The same responses, once as 40 questions of 1 response and once as 4 questions of 10 identical ones:
+    the grouped interval is wider (fewer independent units)."""
+    rng = np.random.default_rng(3)
+    base = [_resp(rng.integers(0, 4, 8), bool(i % 2)) for i in range(4)]
+    responses = [base[i // 10] for i in range(40)]
+    alone = bootstrap(responses, bins=2, resamples=500)
+    grouped = bootstrap(responses, [str(i // 10) for i in range(40)], bins=2, resamples=500)
+    width = lambda ci: ci["shares"]["all"]["teacher"][1] - ci["shares"]["all"]["teacher"][0]  # noqa: E731
+    assert width(grouped) > 2 * width(alone) and grouped["groups"] == 4 and alone["groups"] == 40
+    with pytest.raises(ValueError, match="3 groups for 40 responses"):
+        bootstrap(responses, ["a", "b", "c"])

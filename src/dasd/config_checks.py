@@ -29,7 +29,14 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import ValidationError
 
-from dasd.config_schema import SERVED_ENGINE, EvaluateConfig, GenerateConfig, Section, TrainConfig
+from dasd.config_schema import (
+    SERVED_ENGINE,
+    EvaluateConfig,
+    GenerateConfig,
+    ProvenanceConfig,
+    Section,
+    TrainConfig,
+)
 
 EXIT_CODE = 2  # a usage error, as argparse exits on a bad command line
 
@@ -161,8 +168,13 @@ def check_evaluate(cfg: DictConfig) -> None:
     check(cfg, EvaluateConfig, {"served": _served(cfg)})
 
 
+def check_provenance(cfg: DictConfig) -> None:
+    """provenance.py's config (conf/provenance.yaml)."""
+    check(cfg, ProvenanceConfig)
+
+
 CHECKS: dict[str, Callable[[DictConfig], None]] = {
-    "train": check_train, "generate": check_generate, "evaluate": check_evaluate}
+    "train": check_train, "generate": check_generate, "evaluate": check_evaluate, "provenance": check_provenance}
 
 
 @contextlib.contextmanager

@@ -426,3 +426,43 @@ class EvaluateConfig(Section):
     task: Task
     sampling: Sampling
     logger: Logger
+
+
+class ProvenanceModel(Section):
+    path: Name  # a model directory or hub id; with engine=openai, the name the server serves
+    format: _choice(TEACHER_FORMATS) = "plain"
+    engine: _choice(ENGINES) = "hf"
+    system_prompt: Text | None = None
+
+    @model_validator(mode="after")
+    def _local_model(self) -> ProvenanceModel:
+        if self.engine != "openai":
+            try:
+                model_ref(self.path, None)
+            except ValueError as e:
+                raise ValueError(f"path {self.path!r}: {e}") from None
+        return self
+
+
+class ProvenanceResponses(Section):
+    eval_dir: Text | None = None
+    k: PosInt
+    engine: Name
+    batch_size: PosInt
+
+
+class ProvenanceConfig(Section):
+    models: dict[Literal["teacher", "student", "distilled"], ProvenanceModel]
+    responses: ProvenanceResponses
+    task: Task
+    system_prompt: Text | None = None
+    alpha: NonNegNumber
+    beta: NonNegNumber
+    bins: PosInt
+    bootstrap: PosInt
+    min_chars: PosInt
+    batch_size: PosInt
+    num_examples: NonNegInt
+    on_empty: OnError = "raise"
+    seed: Seed
+    logger: Logger

@@ -105,16 +105,20 @@ def area_delta(correct: np.ndarray, incorrect: np.ndarray) -> dict[str, float | 
 
 def summarize(responses: Sequence[LabeledResponse], *, alpha: float, beta: float, bins: int = 10) -> dict:
     """The content of ``provenance_summary.json``: ``shares`` ({all, correct, incorrect} -> type -> share,
-    each summing to 1, or None without labelled sentences), ``delta`` (per type), the per-position curves,
-    counts and settings."""
+    each summing to 1, or None without labelled sentences), ``share_gap`` (per type, the correct − incorrect
+    overall share), ``delta`` (per type), the per-position curves, counts and settings."""
     correct = [r for r in responses if r.correct]
     incorrect = [r for r in responses if not r.correct]
     curves = {"correct": position_shares(correct, bins), "incorrect": position_shares(incorrect, bins)}
     n_sentences = int(sum(len(r.codes) for r in responses))
     n_unlabeled = int(sum(int((r.codes < 0).sum()) for r in responses))
+    shares = {"all": overall_shares(responses), "correct": overall_shares(correct),
+              "incorrect": overall_shares(incorrect)}
+    gap = dict.fromkeys(TYPES) if shares["correct"] is None or shares["incorrect"] is None else \
+        {t: shares["correct"][t] - shares["incorrect"][t] for t in TYPES}
     return {
-        "shares": {"all": overall_shares(responses), "correct": overall_shares(correct),
-                   "incorrect": overall_shares(incorrect)},
+        "shares": shares,
+        "share_gap": gap,
         "delta": area_delta(curves["correct"], curves["incorrect"]),
         "position_shares": {k: [[None if np.isnan(x) else float(x) for x in row] for row in v]
                             for k, v in curves.items()},
@@ -123,3 +127,53 @@ def summarize(responses: Sequence[LabeledResponse], *, alpha: float, beta: float
                    **{t: int(sum(int((r.codes == i).sum()) for r in responses)) for i, t in enumerate(TYPES)}},
         "settings": {"alpha": alpha, "beta": beta, "bins": bins, "types": list(TYPES)},
     }
+
+
+def bootstrap(responses: Sequence[LabeledResponse], groups: Sequence[str] | None = None, *, bins: int = 10,
+              resamples: int = 1000, seed: int = 0) -> dict:
+    """95% percentile-bootstrap intervals of the overall shares ({all, correct, incorrect} -> type), the
+    per-type gap in overall share (correct − incorrect) and Δ, resampling ``groups`` with replacement (the
+    responses to one question move together; default: each response its own group). A resample in which a
+    quantity is undefined (no correct response, say) is left out of that quantity's interval."""
+    n = len(responses)
+    groups = list(range(n)) if groups is None else list(groups)
+    if len(groups) != n:
+        raise ValueError(f"{len(groups)} groups for {n} responses")
+    index = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    member = np.asarray([index[g] for g in groups], dtype=np.int64)
+    counts = np.zeros((n, bins, len(TYPES)))
+    for i, r in enumerate(responses):
+        keep = r.codes >= 0
+        if keep.any():
+            which = np.minimum((r.positions()[keep] * bins).astype(int), bins - 1)
+            np.add.at(counts[i], (which, r.codes[keep].astype(int)), 1.0)
+    correct = np.asarray([r.correct for r in responses], dtype=bool)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(index), size=(resamples, len(index)))
+    weight_g = np.stack([np.bincount(d, minlength=len(index)) for d in draws]).astype(np.float64)  # (B, G)
+    weight = weight_g[:, member]  # (B, n): each response counted as often as its group was drawn
+    flat = counts.reshape(n, -1)
+
+    def pooled(mask: np.ndarray) -> np.ndarray:  # (B, bins, types)
+        return (weight[:, mask] @ flat[mask]).reshape(resamples, bins, len(TYPES))
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per = {"all": pooled(np.ones(n, bool)), "correct": pooled(correct), "incorrect": pooled(~correct)}
+        overall = {g: c.sum(axis=1) / c.sum(axis=(1, 2))[:, None] for g, c in per.items()}  # (B, types)
+        curve = {g: per[g] / per[g].sum(axis=2, keepdims=True) for g in ("correct", "incorrect")}
+    both = ~(np.isnan(curve["correct"]).any(axis=2) | np.isnan(curve["incorrect"]).any(axis=2))  # (B, bins)
+    diff = np.where(both[..., None], curve["correct"] - curve["incorrect"], 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        delta = diff.sum(axis=1) / both.sum(axis=1)[:, None]  # (B, types): NaN where no bin is shared
+
+    def interval(x: np.ndarray) -> dict[str, list[float] | None]:
+        out = {}
+        for j, t in enumerate(TYPES):
+            v = x[:, j][~np.isnan(x[:, j])]
+            out[t] = None if len(v) == 0 else [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+        return out
+
+    return {"shares": {g: interval(v) for g, v in overall.items()},
+            "share_gap": interval(overall["correct"] - overall["incorrect"]), "delta": interval(delta),
+            "resamples": resamples, "groups": len(index), "seed": seed, "method": "percentile bootstrap over "
+            "questions (a question's responses resampled together)"}

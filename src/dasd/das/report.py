@@ -418,13 +418,16 @@ def render_examples_html(examples: Sequence[Mapping], path, beta: float,
     """A self-contained HTML page: a legend (beta, sentence counts per type over all examples, examples
     per sampler) and one card per example (:func:`example_html`). Every example is validated first."""
     cards = [example_html(ex) for ex in examples]  # validates before anything is written
+    return write_page(path, title, _legend_html(examples, beta) + "\n".join(cards))
+
+
+def write_page(path, title: str, body: str) -> Path:
+    """A self-contained HTML page of sentence cards: ``title`` as heading, then ``body``; returns the path."""
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>"
             "body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 20px auto; padding: 0 12px; }"
             " .sent { border-radius: 2px; } .sent:hover { outline: 1px solid #555; }"
-            "</style></head><body>"
-            f"<h1>{html.escape(title)}</h1>{_legend_html(examples, beta)}"
-            + "\n".join(cards) + "</body></html>\n")
+            f"</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")

@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from dasd.das import align
+from dasd.das.forced import PlainRendering
 from dasd.das.report import summary as details_summary
 from dasd.das.scores import CandidateScores, ScoreStore, Summary, store_key
 from dasd.das.segment import SEGMENTATION_VERSION, segment
 from dasd.data.cache import tokenizer_fingerprint
 from dasd.data.records import Record
 from dasd.data.selection import RandomSelector, question_key
-from dasd.data.template import ChatTemplater
 from dasd.generation.registry import SCORING_ENGINES, build_engine
 from dasd.models.student import load_tokenizer
 from dasd.text.harmony import parse_harmony
@@ -133,7 +133,8 @@ class DivergenceSelector:
         data module's samples were tokenized by the same tokenizer (``tokenizer_fingerprint_of_samples``),
         ``observe`` takes the prompt and response ids from the rendered sample instead of templating again."""
         self.tokenizer = load_tokenizer(self.scoring_student)
-        self.templater = ChatTemplater(self.tokenizer, system_prompt=system_prompt, end_of_turn=end_of_turn)
+        self.rendering = PlainRendering(self.tokenizer, system_prompt, end_of_turn)
+        self.templater = self.rendering.templater
         fingerprint = tokenizer_fingerprint(self.tokenizer)
         self._reuse_samples = fingerprint == tokenizer_fingerprint_of_samples
         parts = {"scoring_student": model_fingerprint(self.scoring_student),
@@ -197,19 +198,15 @@ class DivergenceSelector:
         spans = segment(record.output, min_chars=self.min_chars)
         owner = align.owner_of_chars(record.output, spans)
         teacher = align.aggregate(starts, np.asarray(item.logprobs, np.float64), owner, len(spans))
-        ids, s_starts = align.student_token_starts(self.tokenizer, record.output)
-        completion = list(ids) + [self.templater.end_of_turn_id]
+        forced = self.rendering.render(record.input, record.output)  # the student's side (dasd.das.forced)
+        prompt, completion = forced.prompt_ids, forced.completion_ids
         if sample is not None and self._reuse_samples:  # the training sample is exactly what is scored
             n_prompt = len(sample.input_ids) - sample.num_supervised
             prompt = list(sample.input_ids[:n_prompt])
             if list(sample.input_ids[n_prompt:n_prompt + len(completion)]) != completion:  # end tokens may follow
                 raise align.AlignmentError(f"{record.source} (uuid {record.uuid}): the offsets tokenization of "
                                            "the response differs from the training sample's")
-        else:
-            prompt = self.tokenizer.encode(self.templater.prompt_text(record.input, record.output),
-                                           add_special_tokens=False)
-        self._pending.append(_Pending(record.uuid, spans, owner, teacher, prompt, completion,
-                                      np.append(s_starts, -1)))
+        self._pending.append(_Pending(record.uuid, spans, owner, teacher, prompt, completion, forced.starts))
         self._scored.add(record.uuid)
         if len(self._pending) >= self.batch_size:
             self._score_pending()

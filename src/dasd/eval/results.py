@@ -168,11 +168,13 @@ def read_results(path: Path) -> list[dict]:
 
 
 def resume_rows(run_dir: Path, key: str, items: list, enabled: bool, overwrite: bool,
-                legacy_keys: tuple[str, ...] = ()) -> list[dict]:
+                legacy_keys: tuple[str, ...] = (), identity: dict | None = None) -> list[dict]:
     """Rows of an earlier run with the same settings whose question is asked as now (``qhash``); otherwise a
     fresh ``results.jsonl``. Results of other settings (another model or its new weights, k, sampling...)
     are never mixed in, and never deleted without ``overwrite=true``. ``legacy_keys``: what this same
-    evaluation's key was under an earlier key scheme; such a run is carried over and its key rewritten."""
+    evaluation's key was under an earlier key scheme; such a run is carried over and its key rewritten.
+    ``identity`` (the model and its weights' fingerprint) is written beside the key in ``eval_key.json``, so a
+    reader of ``results.jsonl`` (the provenance analysis) can tell which weights wrote it."""
     results, key_file = run_dir / "results.jsonl", run_dir / "eval_key.json"
     old = json.loads(key_file.read_text()).get("key") if key_file.is_file() else None
     if old is not None and old in legacy_keys:
@@ -186,7 +188,7 @@ def resume_rows(run_dir: Path, key: str, items: list, enabled: bool, overwrite: 
     current = {it.id: item_hash(it) for it in items}
     rows = [r for r in previous if current.get(r["id"]) == r.get("qhash")] if enabled and old == key else []
     write_jsonl(results, rows)  # renamed into place: a kill never leaves half the file
-    write_json(key_file, {"key": key})
+    write_json(key_file, {"key": key, **(identity or {})})
     for stale in ("summary.json", "eval_summary.png"):  # they describe the old rows until this run ends
         (run_dir / stale).unlink(missing_ok=True)
     return rows

@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerBase
 
 from dasd.generation.engine import Request, Sample, render_prompt
 from dasd.generation.pipeline import TeacherFormat
-from dasd.text.harmony import HARMONY_TOKENS, parse_harmony, token_items
+from dasd.text.harmony import HARMONY_TOKENS, encode_parts, parse_harmony, token_items
 from dasd.text.think import THINK_CLOSE_TAG, THINK_PREFIX, THINK_SEPARATOR
 
 GENERATION_END = "<|start|>assistant"  # how a harmony generation prompt ends
@@ -70,24 +70,6 @@ def prompt_overlap(prompt: str, base: str, prefix: str) -> str:
         if start > 0 and prompt[start - 1] == "\n" and prefix.startswith(tail):
             return tail
     return ""
-
-
-def _control_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
-    ids = tokenizer.encode(token, add_special_tokens=False)
-    if len(ids) != 1:
-        raise ValueError(f"harmony control token {token!r} is {len(ids)} tokens in this tokenizer, not one")
-    return ids[0]
-
-
-def encode_parts(tokenizer: PreTrainedTokenizerBase, parts: list[str]) -> list[int]:
-    """Token ids of ``parts`` in order: harmony control tokens as their single ids, other text BPE-encoded."""
-    ids: list[int] = []
-    for p in parts:
-        if p in HARMONY_TOKENS:
-            ids.append(_control_id(tokenizer, p))
-        elif p:
-            ids += tokenizer.encode(p, add_special_tokens=False)
-    return ids
 
 
 def continuation_prompt(tokenizer: PreTrainedTokenizerBase, question: str, prefix_text: str,

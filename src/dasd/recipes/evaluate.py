@@ -76,9 +76,11 @@ def _evaluate(cfg: DictConfig) -> dict:
     settings = {"model": cfg.model, "task": task_key, "k": k, "seed": cfg.seed, "system_prompt": cfg.system_prompt,
                 "sampling": config["sampling"], "chat_template_kwargs": config["chat_template_kwargs"],
                 "engine": engine_identity(config["engine"])}  # batch size etc. may change on a resume
-    key = config_hash({**settings, "weights": model_fingerprint(str(cfg.model), full=True)})
+    weights = model_fingerprint(str(cfg.model), full=True)
+    key = config_hash({**settings, "weights": weights})
     legacy = config_hash({**settings, "weights": mtime_fingerprint(cfg.model)})  # dasd before content keys
-    rows = resume_rows(run_dir, key, items, bool(cfg.resume), bool(cfg.get("overwrite", False)), (legacy,))
+    rows = resume_rows(run_dir, key, items, bool(cfg.resume), bool(cfg.get("overwrite", False)), (legacy,),
+                       identity={"model": str(cfg.model), "weights": weights})
     done = {r["id"] for r in rows}
     todo = [it for it in items if it.id not in done]
     log.info("evaluating %s on %s: %d questions x k=%d, T=%.1f, top_p=%.1f, max_tokens=%d (%d already done)",

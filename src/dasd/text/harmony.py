@@ -216,3 +216,21 @@ def parse_harmony_text(text: str, *, prefill_channel: str = "analysis") -> Harmo
     items: list[Item] = [(p, b"", None) if i % 2 else (None, p.encode(), None) for i, p in enumerate(pieces) if p]
     messages, saw_call = _split_messages(items, prefill_channel)
     return _build(messages, saw_call, 0)
+
+
+def _control_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
+    ids = tokenizer.encode(token, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ValueError(f"harmony control token {token!r} is {len(ids)} tokens in this tokenizer, not one")
+    return ids[0]
+
+
+def encode_parts(tokenizer: PreTrainedTokenizerBase, parts: list[str]) -> list[int]:
+    """Token ids of ``parts`` in order: harmony control tokens as their single ids, other text BPE-encoded."""
+    ids: list[int] = []
+    for p in parts:
+        if p in HARMONY_TOKENS:
+            ids.append(_control_id(tokenizer, p))
+        elif p:
+            ids += tokenizer.encode(p, add_special_tokens=False)
+    return ids
