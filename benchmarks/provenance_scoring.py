@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     records = []
     for f in sorted(Path(asset_path("sample_data")).glob("*.jsonl")):
         records += [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+    load_before, t_start = os.getloadavg(), time.perf_counter()
     results, checks_data = [], {"finite": True, "scored_all": True, "reload_scored_nothing": True, "tokens": True}
     with tempfile.TemporaryDirectory() as tmp:
         models = build_models(Path(tmp) / "models", args.arch)
@@ -143,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": sys.version.split()[0]}, **provenance(__file__, argv),
         "settings": {k: v for k, v in vars(args).items() if k != "out"}, "vocab_size": vocab,
-        "memory_meter": meter.counter, "results": results,
+        "memory_meter": meter.counter, "results": results, "wall_seconds": round(time.perf_counter() - t_start, 1),
+        "loadavg_1_5_15": {"before": list(load_before), "after": list(os.getloadavg())},
         "checks": {"scores_finite": checks_data["finite"], "every_response_scored": checks_data["scored_all"],
                    "every_token_scored": checks_data["tokens"],
                    "store_reload_scores_nothing": checks_data["reload_scored_nothing"],

@@ -46,16 +46,25 @@ def models_of(rows: list[Path]) -> list[dict]:
     return out
 
 
-def run(m: dict, k: int, seed: int, extra: list[str]) -> Path:
+def run(m: dict, k: int, seed: int, root: Path, extra: list[str]) -> Path:
     world = Path(m["world"])
-    cmd = [sys.executable, str(REPO / "provenance.py"), "experiment_name=provenance_world", f"run_name={m['label']}",
+    cmd = [sys.executable, str(REPO / "provenance.py"), f"paths.root_dir={root}", "experiment_name=provenance_world",
+           f"run_name={m['label']}",
            "task=world", f"task.path={world / 'data' / 'heldout.jsonl'}", f"task.max_tokens={m['eval']['max_tokens']}",
            f"responses.k={k}", f"seed={seed}", "system_prompt=null", f"models.teacher.path={world / 'teacher_a'}",
            f"models.student.path={world / 'student'}", f"models.distilled.path={m['model']}", *extra]
     env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
     print("+", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, cwd=REPO, env=env, check=True)
-    return REPO / "outputs" / "provenance_world" / m["label"]
+    return root / "outputs" / "provenance_world" / m["label"]
+
+
+def _pts(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:+.1f}"
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
 
 
 def _ci(ci: list | None) -> str:
@@ -112,15 +121,15 @@ def write_readme(results: list[dict], out: Path, argv: list[str], k: int) -> Non
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         s = r["summary"]
-        sh, ci = s["shares"]["all"], s["ci95"]
+        sh, ci = s["shares"]["all"] or {}, s["ci95"]
         gap, delta = s["share_gap"], s["delta"]
         lines.append(
             f"| {r['label']} | {r['what']} | {100 * s['responses']['accuracy']:.1f}% | {s['counts']['responses']} | "
-            f"{s['counts']['sentences']} | " + " | ".join(f"{100 * sh[t]:.1f}%" for t in TYPES) + " | "
-            f"{100 * gap['teacher']:+.1f} {_ci(ci['share_gap']['teacher'])} | "
-            f"{100 * delta['teacher']:+.1f} {_ci(ci['delta']['teacher'])} | "
-            f"{100 * gap['boosted']:+.1f} {_ci(ci['share_gap']['boosted'])} | "
-            f"{100 * delta['boosted']:+.1f} {_ci(ci['delta']['boosted'])} | "
+            f"{s['counts']['sentences']} | " + " | ".join(_pct(sh.get(t)) for t in TYPES) + " | "
+            f"{_pts(gap['teacher'])} {_ci(ci['share_gap']['teacher'])} | "
+            f"{_pts(delta['teacher'])} {_ci(ci['delta']['teacher'])} | "
+            f"{_pts(gap['boosted'])} {_ci(ci['share_gap']['boosted'])} | "
+            f"{_pts(delta['boosted'])} {_ci(ci['delta']['boosted'])} | "
             f"{_verdict(delta['teacher'], ci['delta']['teacher'], +1)} | "
             f"{_verdict(delta['boosted'], ci['delta']['boosted'], -1)} |")
     lines += ["", "![gaps and deltas](provenance_world.png)", "",
@@ -136,13 +145,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("rows", nargs="+", type=Path, help="ablation row folders (outputs/ablate/<row>_seed<s>)")
     p.add_argument("--k", type=int, default=1, help="responses per held-out question")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=REPO / "outputs" / "provenance_world" / "report")
+    p.add_argument("--root", type=Path, default=REPO, help="paths.root_dir of the runs (outputs/ goes below it)")
+    p.add_argument("--out", type=Path, default=None, help="default: <root>/outputs/provenance_world/report")
     p.add_argument("--override", action="append", default=[], help="another provenance.py override (repeatable)")
     args = p.parse_args(argv)
+    args.out = args.out or args.root / "outputs" / "provenance_world" / "report"
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for m in models_of(args.rows):
-        run_dir = run(m, args.k, args.seed, args.override)
+        run_dir = run(m, args.k, args.seed, args.root, args.override)
         dest = args.out / m["label"]
         dest.mkdir(exist_ok=True)
         for name in FILES:

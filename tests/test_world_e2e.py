@@ -76,6 +76,23 @@ def test_reduced_world_runs_the_whole_pipeline_and_reports(tmp_path):
     for step in t7d["steps"][:2]:
         assert any(Path(step["dir"]).rglob("das*")), step["dir"]
 
+    # the provenance analysis of every step model of T7d (scripts/world_provenance.py -> provenance.py)
+    t7d_dir = next(p.parent for p in (tmp_path / "outputs" / "ablate").rglob("row_result.json")
+                   if json.loads(p.read_text())["id"] == "T7d")
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "world_provenance.py"), str(t7d_dir), "--k", "1",
+                           "--root", str(tmp_path), "--override", "logger=none"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = tmp_path / "outputs" / "provenance_world" / "report"
+    table = (report / "README.md").read_text()
+    assert all(f"| T7d_step{i} |" in table for i in range(3))
+    for i, step in enumerate(t7d["steps"]):
+        s = json.loads((report / f"T7d_step{i}" / "provenance_summary.json").read_text())
+        assert s["models"]["distilled"]["path"] == str(Path(step["dir"]) / "checkpoints" / "hf" / "final")
+        assert s["models"]["teacher"]["path"] == str(wdir / "teacher_a") and s["counts"]["responses"] == 12
+        assert s["counts"]["unlabeled"] < s["counts"]["sentences"]  # the cross-tokenizer alignment places tokens
+
     # 3. the report: markdown next to the paper's numbers, a PNG; the row folders exported for committing
     rows = tmp_path / "rows"
     _run("report.py", tmp_path, f"runs={tmp_path / 'outputs' / 'ablate'}", "logger=none",
