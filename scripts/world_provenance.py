@@ -20,6 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dasd.das.provenance_report import COLOURS
+from dasd.utils.child import hydra_literal
+
 REPO = Path(__file__).resolve().parent.parent
 TYPES = ("shared", "teacher", "student", "boosted")
 FILES = ("provenance_summary.json", "provenance_overall.png", "provenance_position.png", "examples.html")
@@ -49,7 +52,7 @@ def models_of(rows: list[Path]) -> list[dict]:
 def run(m: dict, k: int, seed: int, root: Path, extra: list[str]) -> Path:
     world = Path(m["world"])
     cmd = [sys.executable, str(REPO / "provenance.py"), f"paths.root_dir={root}", "experiment_name=provenance_world",
-           f"run_name={m['label']}",
+           f"run_name={m['label']}", f"label={hydra_literal(m['label'] + ' (' + m['what'] + ')')}",
            "task=world", f"task.path={world / 'data' / 'heldout.jsonl'}", f"task.max_tokens={m['eval']['max_tokens']}",
            f"responses.k={k}", f"seed={seed}", "system_prompt=null", f"models.teacher.path={world / 'teacher_a'}",
            f"models.student.path={world / 'student'}", f"models.distilled.path={m['model']}", *extra]
@@ -96,8 +99,9 @@ def figure(results: list[dict], path: Path) -> None:
             hi = [100 * (r["summary"]["ci95"][key][t] or [0, 0])[1] for r in results]
             ax.errorbar(xs, ys, yerr=[[y - a for y, a in zip(ys, lo, strict=True)],
                                       [b - y for y, b in zip(ys, hi, strict=True)]],
-                        fmt="o", capsize=3, label=t.capitalize())
+                        fmt="o", capsize=3, label=t.capitalize(), color=COLOURS[t])
         ax.axhline(0, color="0.5", lw=0.8)
+        ax.set_xlim(-0.6, len(results) - 0.4)
         ax.set_xticks(range(len(results)), [r["label"] for r in results], rotation=20, fontsize=8)
         ax.set_title(f"{name}: correct − incorrect (points, 95% CI)", fontsize=10)
     axes[0].legend(fontsize=8)

@@ -456,6 +456,7 @@ class ProvenanceConfig(Section):
     responses: ProvenanceResponses
     task: Task
     system_prompt: Text | None = None
+    label: Text | None = None
     alpha: NonNegNumber
     beta: NonNegNumber
     bins: PosInt

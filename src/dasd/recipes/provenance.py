@@ -290,7 +290,7 @@ def _provenance(cfg: DictConfig) -> dict:
                                 "format": cfg.models[role].format} for role in ROLES}
     summary["scoring"] = scoring
     pq.write_table(_sentence_table(responses, meta, probs, labeled), run_dir / "provenance_sentences.parquet")
-    title = f"{_label(str(d.path))}: {summary['responses']['task']}, {len(responses)} responses"
+    title = f"{cfg.label or _label(str(d.path))}: {summary['responses']['task']}, {len(responses)} responses"
     pngs = {"overall": plot_overall(summary, run_dir / "provenance_overall.png", f"sentence provenance · {title}"),
             "position": plot_positions(summary, run_dir / "provenance_position.png",
                                        f"by position, correct vs incorrect · {title}")}
