@@ -62,6 +62,42 @@ def run(m: dict, k: int, seed: int, root: Path, extra: list[str]) -> Path:
     return root / "outputs" / "provenance_world" / m["label"]
 
 
+def within_question(sentences: Path, resamples: int = 1000, seed: int = 0) -> dict:
+    """Correct − incorrect share of Teacher and Boosted sentences between responses to the *same* question
+    (questions whose samples were graded both ways): the question's difficulty held fixed. Mean over those
+    questions and a percentile-bootstrap 95% interval over them."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(sentences, columns=["id", "sample", "correct", "type"]).to_pydict()
+    per: dict[tuple, dict] = {}
+    for qid, sample, correct, kind in zip(t["id"], t["sample"], t["correct"], t["type"], strict=True):
+        if kind == "unlabeled":
+            continue
+        r = per.setdefault((qid, sample), {"id": qid, "correct": correct, "n": 0, "teacher": 0, "boosted": 0})
+        r["n"] += 1
+        r[kind] = r.get(kind, 0) + 1
+    questions: dict[str, dict[bool, list]] = {}
+    for r in per.values():
+        questions.setdefault(r["id"], {True: [], False: []})[r["correct"]].append(r)
+    out = {"questions": 0}
+    diffs = {k: [] for k in ("teacher", "boosted")}
+    for q in questions.values():
+        if q[True] and q[False]:
+            out["questions"] += 1
+            for k in diffs:
+                diffs[k].append(np.mean([r[k] / r["n"] for r in q[True]]) - np.mean([r[k] / r["n"] for r in q[False]]))
+    rng = np.random.default_rng(seed)
+    for k, d in diffs.items():
+        d = np.asarray(d)
+        if len(d) == 0:
+            out[k] = None
+            continue
+        boots = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
+        out[k] = {"mean": float(d.mean()), "ci95": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]}
+    return out
+
+
 def _pts(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:+.1f}"
 
@@ -123,6 +159,21 @@ def write_readme(results: list[dict], out: Path, argv: list[str], k: int) -> Non
              "| model | what | avg acc. | responses | sentences | Shared | Teacher | Student | Boosted | Teacher gap "
              "[CI] | Teacher Δ [CI] | Boosted gap [CI] | Boosted Δ [CI] | Teacher | Boosted |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    within = ["", "**Within a question** (difficulty held fixed): the correct − incorrect share between responses to "
+              "the same question, over the questions whose samples were graded both ways; mean and 95% bootstrap "
+              "interval over those questions.", "",
+              "| model | questions | Teacher (points) [CI] | Boosted (points) [CI] |", "|---|---|---|---|"]
+    for r in results:
+        w = r["within"]
+        cells = ["—" if w[k] is None else f"{100 * w[k]['mean']:+.1f} {_ci(w[k]['ci95'])}" for k in ("teacher", "boosted")]
+        within.append(f"| {r['label']} | {w['questions']} | {cells[0]} | {cells[1]} |")
+    shares = ["", "**Overall shares with intervals** (all responses; 95% bootstrap over questions):", "",
+              "| model | " + " | ".join(t.capitalize() for t in TYPES) + " |", "|---|" + "---|" * len(TYPES)]
+    for r in results:
+        s, ci = r["summary"]["shares"]["all"] or {}, r["summary"]["ci95"]["shares"]["all"]
+        shares.append(f"| {r['label']} | " + " | ".join(
+            f"{_pct(s.get(t))} [{100 * ci[t][0]:.1f}, {100 * ci[t][1]:.1f}]" if ci.get(t) else "—" for t in TYPES)
+            + " |")
     for r in results:
         s = r["summary"]
         sh, ci = s["shares"]["all"] or {}, s["ci95"]
@@ -136,6 +187,7 @@ def write_readme(results: list[dict], out: Path, argv: list[str], k: int) -> Non
             f"{_pts(delta['boosted'])} {_ci(ci['delta']['boosted'])} | "
             f"{_verdict(delta['teacher'], ci['delta']['teacher'], +1)} | "
             f"{_verdict(delta['boosted'], ci['delta']['boosted'], -1)} |")
+    lines += within + shares
     lines += ["", "![gaps and deltas](provenance_world.png)", "",
               "Per model (`<label>/`): `provenance_summary.json` (shares, gaps, Δ, intervals, counts, settings, the "
               "models' weights fingerprints), `provenance_overall.png` (Fig. 5), `provenance_position.png` (Fig. 6), "
@@ -165,7 +217,8 @@ def main(argv: list[str] | None = None) -> None:
         summary = json.loads((run_dir / "provenance_summary.json").read_text())
         summary.pop("config", None)
         (dest / "provenance_summary.json").write_text(json.dumps(summary, indent=2))
-        results.append({**m, "summary": summary})
+        results.append({**m, "summary": summary, "within": within_question(run_dir / "provenance_sentences.parquet")})
+        (dest / "within_question.json").write_text(json.dumps(results[-1]["within"], indent=2))
     figure(results, args.out / "provenance_world.png")
     write_readme(results, args.out, argv, args.k)
     print(f"wrote {args.out / 'README.md'}")
