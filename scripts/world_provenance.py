@@ -39,7 +39,7 @@ def models_of(rows: list[Path]) -> list[dict]:
             seen.add(step["key"])
             s = step["settings"]
             sampler = {"divergence": "DAS", "random": "RS"}.get(s.get("sampler"), s.get("sampler", ""))
-            label = f"{r['id']}_step{i}" if len(r["steps"]) > 1 else r["id"]
+            label = r["id"] if i == len(r["steps"]) - 1 else f"{r['id']}_step{i}"  # the last step is the row's model
             out.append({"label": label, "row": r["id"], "step": i, "world": r["world"]["dir"]
                         if isinstance(r["world"], dict) else r["world"],
                         "model": str(Path(step["dir"]) / "checkpoints" / "hf" / "final"),

@@ -86,9 +86,10 @@ def test_reduced_world_runs_the_whole_pipeline_and_reports(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = tmp_path / "outputs" / "provenance_world" / "report"
     table = (report / "README.md").read_text()
-    assert all(f"| T7d_step{i} |" in table for i in range(3))
-    for i, step in enumerate(t7d["steps"]):
-        s = json.loads((report / f"T7d_step{i}" / "provenance_summary.json").read_text())
+    labels = ["T7d_step0", "T7d_step1", "T7d"]  # the last step is the row's model
+    assert all(f"| {label} |" in table for label in labels)
+    for label, step in zip(labels, t7d["steps"], strict=True):
+        s = json.loads((report / label / "provenance_summary.json").read_text())
         assert s["models"]["distilled"]["path"] == str(Path(step["dir"]) / "checkpoints" / "hf" / "final")
         assert s["models"]["teacher"]["path"] == str(wdir / "teacher_a") and s["counts"]["responses"] == 12
         assert s["counts"]["unlabeled"] < s["counts"]["sentences"]  # the cross-tokenizer alignment places tokens
