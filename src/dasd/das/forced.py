@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from transformers import PreTrainedTokenizerBase
 
 from dasd.das import align
+from dasd.das.scores import part_files, write_part
 from dasd.das.segment import _TAG, whitespace_mask
 from dasd.data.template import ChatTemplater
 from dasd.text.harmony import HARMONY_TOKENS, encode_parts, parse_harmony
@@ -196,7 +197,7 @@ class SentenceStore:
         self.meta = json.loads(meta_file.read_text())
 
     def parts(self) -> list[Path]:
-        return sorted(self.folder.glob("part-*.parquet"))
+        return part_files(self.folder)
 
     def __iter__(self) -> Iterator[SentenceScores]:
         for p in self.parts():
@@ -207,14 +208,7 @@ class SentenceStore:
         return {s.key: s for s in self}
 
     def write(self, scores: Sequence[SentenceScores]) -> None:
-        if not scores:
-            return
-        parts = self.parts()
-        n = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
-        path = self.folder / f"part-{n:05d}.parquet"
-        tmp = path.with_suffix(".parquet.tmp")
-        pq.write_table(pa.Table.from_pylist([s.row() for s in scores], schema=SCHEMA), tmp)
-        os.replace(tmp, path)
+        write_part(self.folder, [s.row() for s in scores], SCHEMA)
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,24 @@ class Summary:
         return {u: i for i, u in enumerate(self.uuid.tolist())}
 
 
+def part_files(folder: Path) -> list[Path]:
+    """A store's Parquet parts, in write order."""
+    return sorted(Path(folder).glob("part-*.parquet"))
+
+
+def write_part(folder: Path, rows: list[dict], schema: pa.Schema) -> Path | None:
+    """Append ``rows`` to a store folder as its next part, atomically (temporary file + rename)."""
+    if not rows:
+        return None
+    parts = part_files(folder)
+    n = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
+    path = Path(folder) / f"part-{n:05d}.parquet"
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def store_key(**parts) -> str:
     return stable_hash(parts, 20)
 
@@ -124,7 +142,7 @@ class ScoreStore:
         self.meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
 
     def parts(self) -> list[Path]:
-        return sorted(self.folder.glob("part-*.parquet"))
+        return part_files(self.folder)
 
     def scored_uuids(self) -> set[str]:
         done: set[str] = set()
@@ -133,16 +151,7 @@ class ScoreStore:
         return done
 
     def write(self, scores: Iterable[CandidateScores]) -> Path | None:
-        rows = [s.row() for s in scores]
-        if not rows:
-            return None
-        parts = self.parts()
-        n = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
-        path = self.folder / f"part-{n:05d}.parquet"
-        tmp = path.with_suffix(".parquet.tmp")
-        pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp)
-        os.replace(tmp, path)
-        return path
+        return write_part(self.folder, [s.row() for s in scores], SCHEMA)
 
     def __iter__(self) -> Iterator[CandidateScores]:
         for p in self.parts():
